@@ -1,0 +1,263 @@
+"""The ``cosmicai`` command line."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+from cosmicai import __version__
+from cosmicai.constants import ENV_STORAGE
+from cosmicai.exceptions import CosmicAIError, InvalidRequestError
+
+app = typer.Typer(
+    help="Serverless AI inference over astronomical datasets (the CosmicAI workload).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Make, cut and convert datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+console = Console()
+err_console = Console(stderr=True)
+
+StorageOption = Annotated[
+    str,
+    typer.Option(
+        "--storage",
+        envvar=ENV_STORAGE,
+        help="'s3' for Amazon S3, or a local directory whose sub-folders are the buckets.",
+    ),
+]
+
+
+def _fail(exc: Exception) -> NoReturn:
+    code = 2 if isinstance(exc, InvalidRequestError | ValueError) else 1
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _size(text: str) -> int:
+    from cosmicai.data.partitioner import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    console.print(__version__)
+
+
+@app.command()
+def validate(request_file: Path) -> None:
+    """Validate a run request: print it normalised, or every error (exit status 2)."""
+    from cosmicai.request import load_request
+
+    try:
+        request = load_request(request_file)
+    except CosmicAIError as exc:
+        _fail(exc)
+    if request.ignored_fields:
+        err_console.print(
+            "[yellow]note:[/] ignored fields of the original container: "
+            + ", ".join(request.ignored_fields)
+        )
+    print(request.model_dump_json(indent=2))
+
+
+@app.command()
+def plan(request_file: Path, storage: StorageOption = "s3") -> None:
+    """Plan a run (partitions to ranks) and print the plan, without running it."""
+    from cosmicai.pipeline import make_plan
+    from cosmicai.report import print_plan
+    from cosmicai.request import load_request
+    from cosmicai.storage import open_storage
+
+    try:
+        print_plan(make_plan(load_request(request_file), open_storage(storage)), console)
+    except CosmicAIError as exc:
+        _fail(exc)
+
+
+@app.command()
+def run(
+    request_file: Path,
+    storage: StorageOption = "s3",
+    workers: Annotated[
+        int, typer.Option(min=1, help="Ranks running at once (like MaxConcurrency).")
+    ] = 2,
+) -> None:
+    """Run Initialize, every rank (as its own process) and Summarize on this machine."""
+    from cosmicai.request import load_request
+
+    try:
+        request = load_request(request_file)
+    except CosmicAIError as exc:
+        _fail(exc)
+    _run(request, storage, workers)
+
+
+def _run(request: object, storage: str, workers: int) -> None:
+    from cosmicai.local import run_local
+    from cosmicai.report import print_summary
+    from cosmicai.request import RunRequest
+
+    assert isinstance(request, RunRequest)
+    try:
+        result = run_local(request, storage, workers=workers, console=console)
+    except CosmicAIError as exc:
+        _fail(exc)
+    print_summary(result.summary, console)
+    location = f"{storage.rstrip('/')}/{request.bucket}/{request.run_prefix}"
+    console.print(f"Results: {location}")
+    if result.summary.failed_ranks:
+        failed = ", ".join(str(r) for r in sorted(result.summary.failed_ranks))
+        err_console.print(f"[bold red]error:[/] rank(s) {failed} failed")
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    directory: Annotated[Path, typer.Option("--dir", help="Where the demo keeps its data.")] = Path(
+        ".demo"
+    ),
+    size: Annotated[str, typer.Option(help="Size of the test set to render.")] = "40MB",
+    partition_size: Annotated[str, typer.Option(help="Size of each partition.")] = "10MB",
+    workers: Annotated[int, typer.Option(min=1)] = 2,
+    seed: int = 0,
+) -> None:
+    """The whole pipeline on this machine: render a small SDSS test set, partition it,
+    run the reference model over it with several ranks, and print the summary."""
+    from cosmicai.data.format import BYTES_PER_SAMPLE
+    from cosmicai.data.synth import synthesize
+    from cosmicai.request import parse_request
+    from cosmicai.storage import parse_location
+
+    store = directory / "store"
+    dataset = store / "cosmicai-demo" / f"sdss-test-{size}-{partition_size}-seed{seed}"
+    if not (dataset / "_index.json").exists():
+        shutil.rmtree(dataset, ignore_errors=True)
+        samples = _size(size) // BYTES_PER_SAMPLE
+        with console.status(f"Rendering {samples:,} SDSS test galaxies ({size}) ..."):
+            written = synthesize(
+                parse_location(str(dataset)),
+                size_bytes=_size(size),
+                split="test",
+                seed=seed,
+                partition_bytes=_size(partition_size),
+            )
+        console.print(f"Rendered {samples:,} galaxies into {len(written)} partitions: {dataset}")
+    request = parse_request(
+        {
+            "bucket": "cosmicai-demo",
+            "data_prefix": dataset.name,
+            "batch_size": 256,
+            "result_path": "runs",
+        }
+    )
+    console.print(f"Run request: {request.model_dump_json(exclude_defaults=True)}")
+    _run(request, str(store), workers)
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[str, typer.Option(help="s3://bucket/prefix, file:///dir or a directory.")],
+    size: Annotated[str, typer.Option(help="Size of the split, e.g. 1GB.")] = "1GB",
+    split: Annotated[str, typer.Option(help="test or train (disjoint galaxies).")] = "test",
+    seed: int = 0,
+    partition_size: Annotated[str, typer.Option(help="Size of each output partition.")] = "100MB",
+    processes: Annotated[int, typer.Option(min=1, help="Rendering processes.")] = (
+        os.cpu_count() or 1
+    ),
+) -> None:
+    """Render a deterministic dataset from the real SDSS catalogue (same seed, same bytes)."""
+    from cosmicai.data.synth import synthesize
+    from cosmicai.storage import parse_location
+
+    if split not in ("test", "train"):
+        raise typer.BadParameter(f"split must be 'test' or 'train', not {split!r}")
+    try:
+        location = parse_location(out)
+        written = synthesize(
+            location,
+            size_bytes=_size(size),
+            split=split,  # type: ignore[arg-type]
+            seed=seed,
+            partition_bytes=_size(partition_size),
+            processes=processes,
+            on_written=lambda w: console.print(f"  {w.key}: {w.samples:,} samples"),
+        )
+    except CosmicAIError as exc:
+        _fail(exc)
+    console.print(f"{sum(w.samples for w in written):,} samples in {len(written)} partitions")
+
+
+@data_app.command("partition")
+def data_partition(
+    source: Annotated[str, typer.Argument(help="Location of the partitions to re-cut.")],
+    out: Annotated[str, typer.Option(help="s3://bucket/prefix, file:///dir or a directory.")],
+    size: Annotated[str, typer.Option(help="Target partition size: 10/25/50/75/100MB.")] = "25MB",
+) -> None:
+    """Re-cut a dataset into numbered partitions 1, 2, 3, ... of a given size."""
+    from cosmicai.data.partitioner import read_partitions, repartition
+    from cosmicai.storage import parse_location
+
+    try:
+        written = repartition(
+            read_partitions(parse_location(source)),
+            parse_location(out),
+            _size(size),
+            on_written=lambda w: console.print(f"  {w.key}: {w.samples:,} samples"),
+        )
+    except CosmicAIError as exc:
+        _fail(exc)
+    console.print(f"{sum(w.samples for w in written):,} samples in {len(written)} partitions")
+
+
+@data_app.command("convert")
+def data_convert(
+    files: Annotated[list[Path], typer.Argument(help="CosmicAI N.pt partitions.")],
+    out: Annotated[str, typer.Option(help="s3://bucket/prefix, file:///dir or a directory.")],
+) -> None:
+    """Convert CosmicAI N.pt (torch TensorDataset) partitions; needs cosmicai[convert]."""
+    from cosmicai.data.convert import convert_pt_files
+    from cosmicai.data.partitioner import WrittenPartition, write_dataset_index
+    from cosmicai.storage import parse_location
+
+    try:
+        location = parse_location(out)
+        converted = convert_pt_files(files, location, on_progress=console.print)
+        write_dataset_index(
+            location,
+            [
+                WrittenPartition(c.number, c.key, c.samples, c.bytes)
+                for c in converted
+            ],
+        )
+    except (CosmicAIError, ImportError) as exc:
+        _fail(exc)
+    console.print(f"converted {len(converted)} partitions into {location}")
+
+
+def main() -> None:  # pragma: no cover - console entry point for `python -m cosmicai`
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+
+
+

@@ -1,0 +1,1 @@
+"""Packaged data: the SDSS Main Galaxy Sample catalogue and the galaxy-image renderer."""

@@ -1,0 +1,58 @@
+"""Photometric-redshift accuracy metrics, as CosmicAI defines them.
+
+With Δz = (z_pred − z) / (1 + z):
+
+- MAE  = mean |z_pred − z|            - MSE = mean (z_pred − z)²
+- bias = mean Δz                      - NMAD ("precision") = 1.48 · median |Δz − median Δz|
+- R²   = 1 − Σ(z_pred − z)² / Σ(z − mean z)²
+- outlier fraction = fraction of |Δz| > 0.15
+
+NMAD needs a median over every sample, which cannot be averaged from per-rank values; global
+metrics are therefore always computed from all predictions (or, later, from exact sufficient
+statistics plus the gathered Δz values).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel
+
+OUTLIER_THRESHOLD = 0.15
+NMAD_SCALE = 1.48
+
+
+class RedshiftMetrics(BaseModel):
+    samples: int
+    mae: float
+    mse: float
+    bias: float
+    nmad: float
+    r2: float
+    outlier_fraction: float
+
+
+def redshift_metrics(z_true: npt.NDArray[Any], z_pred: npt.NDArray[Any]) -> RedshiftMetrics | None:
+    """Metrics of the samples whose true redshift is known (finite); None if there are none."""
+    z = np.asarray(z_true, dtype=np.float64)
+    p = np.asarray(z_pred, dtype=np.float64)
+    if z.shape != p.shape:
+        raise ValueError(f"z_true has shape {z.shape}, z_pred has shape {p.shape}")
+    known = np.isfinite(z)
+    z, p = z[known], p[known]
+    if z.size == 0:
+        return None
+    error = p - z
+    dz = error / (1.0 + z)
+    total = float(np.sum((z - z.mean()) ** 2))
+    return RedshiftMetrics(
+        samples=int(z.size),
+        mae=float(np.mean(np.abs(error))),
+        mse=float(np.mean(error**2)),
+        bias=float(np.mean(dz)),
+        nmad=float(NMAD_SCALE * np.median(np.abs(dz - np.median(dz)))),
+        r2=float(1.0 - np.sum(error**2) / total) if total > 0 else float("nan"),
+        outlier_fraction=float(np.mean(np.abs(dz) > OUTLIER_THRESHOLD)),
+    )
