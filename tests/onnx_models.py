@@ -7,8 +7,12 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
-def linear_model(weights: tuple[float, ...] = (0.0, -0.02, 0.04, 0.0, -0.02), bias: float = 0.1,
-                 image_weight: float = 1e-4, output_rank: int = 1) -> bytes:
+def linear_model(
+    weights: tuple[float, ...] = (0.0, -0.02, 0.04, 0.0, -0.02),
+    bias: float = 0.1,
+    image_weight: float = 1e-4,
+    output_rank: int = 1,
+) -> bytes:
     """z = magnitudes · weights + bias + image_weight * mean(image): both inputs are used."""
     nodes = [
         helper.make_node("MatMul", ["magnitude", "w"], ["mw"]),
@@ -40,15 +44,23 @@ def linear_model(weights: tuple[float, ...] = (0.0, -0.02, 0.04, 0.0, -0.02), bi
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8
     onnx.checker.check_model(model)
-    return model.SerializeToString()
+    data: bytes = model.SerializeToString()
+    return data
 
 
-def linear_prediction(images: np.ndarray, magnitudes: np.ndarray,
-                      weights: tuple[float, ...] = (0.0, -0.02, 0.04, 0.0, -0.02),
-                      bias: float = 0.1, image_weight: float = 1e-4) -> np.ndarray:
+def linear_prediction(
+    images: np.ndarray,
+    magnitudes: np.ndarray,
+    weights: tuple[float, ...] = (0.0, -0.02, 0.04, 0.0, -0.02),
+    bias: float = 0.1,
+    image_weight: float = 1e-4,
+) -> np.ndarray:
     """What :func:`linear_model` computes, in numpy, to check ONNX Runtime's answers."""
     mean = images.astype(np.float64).mean(axis=(1, 2, 3))
-    return magnitudes.astype(np.float64) @ np.array(weights) + bias + image_weight * mean
+    result: np.ndarray = (
+        magnitudes.astype(np.float64) @ np.array(weights) + bias + image_weight * mean
+    )
+    return result
 
 
 def one_input_model() -> bytes:
@@ -60,4 +72,5 @@ def one_input_model() -> bytes:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8
-    return model.SerializeToString()
+    data: bytes = model.SerializeToString()
+    return data

@@ -131,39 +131,39 @@ def demo(
     directory: Annotated[Path, typer.Option("--dir", help="Where the demo keeps its data.")] = Path(
         ".demo"
     ),
-    size: Annotated[str, typer.Option(help="Size of the test set to render.")] = "40MB",
+    partitions: Annotated[int, typer.Option(min=1, help="Partitions (and ranks).")] = 6,
     partition_size: Annotated[str, typer.Option(help="Size of each partition.")] = "10MB",
-    workers: Annotated[int, typer.Option(min=1)] = 2,
+    workers: Annotated[int, typer.Option(min=1, help="Ranks running at once.")] = 2,
     seed: int = 0,
 ) -> None:
-    """The whole pipeline on this machine: render a small SDSS test set, partition it,
-    run the reference model over it with several ranks, and print the summary."""
+    """The whole pipeline on this machine: render SDSS test galaxies into partitions, run
+    the reference model over them with one rank per partition, print the summary."""
     from cosmicai.data.format import BYTES_PER_SAMPLE
+    from cosmicai.data.partitioner import samples_per_partition
     from cosmicai.data.synth import synthesize
     from cosmicai.request import parse_request
     from cosmicai.storage import parse_location
 
+    per_partition = samples_per_partition(_size(partition_size))
+    samples = partitions * per_partition
     store = directory / "store"
-    dataset = store / "cosmicai-demo" / f"sdss-test-{size}-{partition_size}-seed{seed}"
+    dataset = store / "cosmicai-demo" / f"sdss-test-{partitions}x{partition_size}-seed{seed}"
     if not (dataset / "_index.json").exists():
         shutil.rmtree(dataset, ignore_errors=True)
-        samples = _size(size) // BYTES_PER_SAMPLE
-        with console.status(f"Rendering {samples:,} SDSS test galaxies ({size}) ..."):
+        with console.status(f"Rendering {samples:,} SDSS test galaxies ..."):
             written = synthesize(
                 parse_location(str(dataset)),
-                size_bytes=_size(size),
+                size_bytes=samples * BYTES_PER_SAMPLE,
                 split="test",
                 seed=seed,
                 partition_bytes=_size(partition_size),
             )
-        console.print(f"Rendered {samples:,} galaxies into {len(written)} partitions: {dataset}")
+        console.print(
+            f"Rendered {samples:,} galaxies ({samples * BYTES_PER_SAMPLE / 2**20:.0f} MB) into "
+            f"{len(written)} partitions under {dataset}"
+        )
     request = parse_request(
-        {
-            "bucket": "cosmicai-demo",
-            "data_prefix": dataset.name,
-            "batch_size": 256,
-            "result_path": "runs",
-        }
+        {"bucket": "cosmicai-demo", "data_prefix": dataset.name, "batch_size": 256}
     )
     console.print(f"Run request: {request.model_dump_json(exclude_defaults=True)}")
     _run(request, str(store), workers)
@@ -239,10 +239,7 @@ def data_convert(
         converted = convert_pt_files(files, location, on_progress=console.print)
         write_dataset_index(
             location,
-            [
-                WrittenPartition(c.number, c.key, c.samples, c.bytes)
-                for c in converted
-            ],
+            [WrittenPartition(c.number, c.key, c.samples, c.bytes) for c in converted],
         )
     except (CosmicAIError, ImportError) as exc:
         _fail(exc)
@@ -258,6 +255,3 @@ def main() -> None:  # pragma: no cover - console entry point for `python -m cos
 
 if __name__ == "__main__":  # pragma: no cover
     main()
-
-
-

@@ -77,8 +77,12 @@ def run_local(
         for rank in range(plan.world_size)
     ]
     errors: dict[int, str] = {}
-    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
+    columns = (
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console, transient=False, disable=console is None) as bar:
         bar.add_task("Initialize", total=1, completed=1)
         task = bar.add_task("Distributed Test", total=len(items))

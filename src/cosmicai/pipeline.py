@@ -329,7 +329,7 @@ def run_rank(item: WorkItem, storage: Storage) -> RankResult:
     started_at, start = time.time(), time.perf_counter()
     attempt = uuid.uuid4().hex[:12]
     timings = Timings()
-    counts = {"partitions": 0, "samples": 0, "bytes": 0}
+    n_partitions = n_samples = n_bytes = 0
     result_key = _key(_rank_prefix(item.run_prefix, item.rank), "result.json")
     try:
         plan = load_plan(storage, item.bucket, item.run_prefix)
@@ -357,9 +357,9 @@ def run_rank(item: WorkItem, storage: Storage) -> RankResult:
                 else np.full(partition.samples, np.nan, dtype=np.float32)
             )
             chunks["partition"].append(np.full(partition.samples, ref.number, dtype=np.int32))
-            counts["partitions"] += 1
-            counts["samples"] += partition.samples
-            counts["bytes"] += len(raw)
+            n_partitions += 1
+            n_samples += partition.samples
+            n_bytes += len(raw)
             del raw, partition
 
         t2 = time.perf_counter()
@@ -391,7 +391,9 @@ def run_rank(item: WorkItem, storage: Storage) -> RankResult:
             peak_rss_mb=peak_rss_mb(),
             s3_requests=dict(storage.requests),
             predictions_key=predictions_key,
-            **counts,
+            partitions=n_partitions,
+            samples=n_samples,
+            bytes=n_bytes,
         )
         _put_json(storage, item.bucket, result_key, result)
         if previous and previous != predictions_key:
@@ -412,7 +414,9 @@ def run_rank(item: WorkItem, storage: Storage) -> RankResult:
             peak_rss_mb=peak_rss_mb(),
             s3_requests=dict(storage.requests),
             error=message,
-            **counts,
+            partitions=n_partitions,
+            samples=n_samples,
+            bytes=n_bytes,
         )
         try:
             if not _has_ok_result(storage, item.bucket, result_key):

@@ -82,7 +82,8 @@ def test_global_metrics_equal_metrics_of_all_predictions(
     results = [run_rank(_item(pointer, r), storage) for r in range(3)]
     summary = summarize(pointer, storage)
     # THEN every sample of the dataset was predicted once
-    assert summary.status == "ok" and not summary.failed_ranks
+    assert summary.status == "ok"
+    assert not summary.failed_ranks
     assert summary.samples == sum(SIZES) == sum(r.samples for r in results)
     assert [r.partitions for r in results] == [2, 1, 1]
     # and the global metrics are those of the concatenated predictions, computed independently
@@ -90,7 +91,8 @@ def test_global_metrics_equal_metrics_of_all_predictions(
     magnitudes = np.concatenate([p.magnitudes for p in dataset])
     z = np.concatenate([p.redshift for p in dataset])
     expected = redshift_metrics(z, linear_prediction(images, magnitudes).astype(np.float32))
-    assert summary.metrics is not None and expected is not None
+    assert summary.metrics is not None
+    assert expected is not None
     for name in ("mae", "mse", "bias", "nmad", "r2", "outlier_fraction"):
         assert getattr(summary.metrics, name) == pytest.approx(getattr(expected, name), rel=1e-5)
     # and the catalogue holds one row per galaxy
@@ -143,7 +145,9 @@ def test_rerun_rank_replaces_its_result_atomically(
     assert second.attempt != first.attempt
     assert _result(storage, pointer, 0).attempt == second.attempt
     keys = [o.key for o in storage.list(BUCKET, f"{pointer.run_prefix}ranks/00000/")]
-    assert sorted(keys) == sorted([second.predictions_key, f"{pointer.run_prefix}ranks/00000/result.json"])
+    assert second.predictions_key is not None
+    expected = [second.predictions_key, f"{pointer.run_prefix}ranks/00000/result.json"]
+    assert sorted(keys) == sorted(expected)
     assert summarize(pointer, storage).samples == sum(SIZES)
 
 
@@ -196,5 +200,6 @@ def test_unlabelled_data_is_predicted_without_metrics(
     pointer = _start(local_storage, str(model))
     run_rank(_item(pointer, 0), local_storage)
     summary = summarize(pointer, local_storage)
-    assert summary.samples == 10 and summary.samples_with_redshift == 0
+    assert summary.samples == 10
+    assert summary.samples_with_redshift == 0
     assert summary.metrics is None

@@ -34,7 +34,8 @@ def test_2500_partitions_are_planned_in_numeric_order(s3_storage: S3Storage) -> 
     assert numbers == list(range(1, 2501))
     assert [len(r.partitions) for r in plan.ranks] == [358] * 1 + [357] * 6
     assert plan.bytes == sum(n % 7 + 1 for n in range(1, 2501))
-    assert pointer.world_size == 7 and pointer.partitions == 2500
+    assert pointer.world_size == 7
+    assert pointer.partitions == 2500
     # and the manifest has one small item per rank, for the Map's ItemReader
     import json
 
@@ -71,7 +72,8 @@ def test_two_runs_in_one_bucket_never_touch_each_others_files(s3_storage: S3Stor
     for key, body in before.items():
         assert s3_storage.get(BUCKET, key) == body
     new_keys = {o.key for o in s3_storage.list(BUCKET, "runs/")} - set(before)
-    assert new_keys and all(k.startswith(second.run_prefix) for k in new_keys)
+    assert new_keys
+    assert all(k.startswith(second.run_prefix) for k in new_keys)
 
 
 def test_impossible_plans_are_explained(storage: Storage) -> None:
@@ -88,7 +90,8 @@ def test_blocks_differ_by_at_most_one(count: int, ranks: int) -> None:
 
     refs = [PartitionRef(key=f"{n}.safetensors", number=n, bytes=1) for n in range(1, count + 1)]
     sizes = [len(r.partitions) for r in plan_ranks(refs, ranks)]
-    assert sum(sizes) == count and max(sizes) - min(sizes) <= 1
+    assert sum(sizes) == count
+    assert max(sizes) - min(sizes) <= 1
     assert sizes == sorted(sizes, reverse=True)
 
 

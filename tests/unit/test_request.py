@@ -62,7 +62,8 @@ def test_prefixes_are_normalised() -> None:
     request = parse_request({"bucket": "abc", "data_prefix": "/25MB", "result_path": "out//"})
     assert request.data_prefix == "25MB/"
     assert request.result_path == "out/"
-    assert request.data_bucket is None and request.source_bucket == "abc"
+    assert request.data_bucket is None
+    assert request.source_bucket == "abc"
 
 
 def test_unknown_builtin_model_is_refused() -> None:
@@ -82,3 +83,14 @@ def test_request_file_errors(tmp_path: Path) -> None:
         load_request(bad)
     with pytest.raises(InvalidRequestError, match="cannot read request file"):
         load_request(tmp_path / "missing.json")
+
+
+def test_readme_documents_every_request_field() -> None:
+    from cosmicai.request import IGNORED_FIELDS, RunRequest
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    table = [line for line in readme.splitlines() if line.startswith("| `")]
+    documented = " ".join(table)
+    for field in [*RunRequest.model_fields, *IGNORED_FIELDS]:
+        if field != "ignored_fields":
+            assert f"`{field}`" in documented, f"README's request table lacks {field}"

@@ -36,7 +36,7 @@ def test_put_get_list_delete(storage: Storage) -> None:
 
 
 def test_missing_object_is_named(storage: Storage) -> None:
-    with pytest.raises(ObjectNotFoundError, match="nope/missing.bin"):
+    with pytest.raises(ObjectNotFoundError, match=r"nope/missing\.bin"):
         storage.get(BUCKET, "nope/missing.bin")
 
 
@@ -90,7 +90,8 @@ def test_local_put_never_shows_a_partial_file(tmp_path: Path) -> None:
     def read() -> None:
         while not stop.is_set():
             data = storage.get("b", "obj")
-            assert len(data) == 2_000_000 and data.count(data[:1]) == len(data)
+            assert len(data) == 2_000_000
+            assert data.count(data[:1]) == len(data)
             seen.add(data[0])
 
     reader = threading.Thread(target=read)
@@ -116,7 +117,8 @@ def test_local_refuses_escaping_names(tmp_path: Path) -> None:
 def test_open_storage_and_locations(tmp_path: Path, aws_env: None) -> None:
     assert isinstance(open_storage("s3"), S3Storage)
     local = open_storage(f"file://{tmp_path}")
-    assert isinstance(local, LocalStorage) and local.root == tmp_path
+    assert isinstance(local, LocalStorage)
+    assert local.root == tmp_path
     s3 = parse_location("s3://my-bucket/some/prefix")
     assert (s3.bucket, s3.prefix) == ("my-bucket", "some/prefix")
     path = parse_location(str(tmp_path / "bucket"))
