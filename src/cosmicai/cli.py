@@ -6,7 +6,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -14,6 +14,9 @@ from rich.console import Console
 from cosmicai import __version__
 from cosmicai.constants import ENV_STORAGE
 from cosmicai.exceptions import CosmicAIError, InvalidRequestError
+
+if TYPE_CHECKING:
+    from cosmicai.data.partitioner import WrittenPartition
 
 app = typer.Typer(
     help="Serverless AI inference over astronomical datasets (the CosmicAI workload).",
@@ -169,6 +172,14 @@ def demo(
     _run(request, str(store), workers)
 
 
+def _print_partition(written: WrittenPartition) -> None:
+    console.print(f"  {written.key}: {written.samples:,} samples")
+
+
+def _print_total(written: list[WrittenPartition]) -> None:
+    console.print(f"{sum(w.samples for w in written):,} samples in {len(written)} partitions")
+
+
 @data_app.command("synth")
 def data_synth(
     out: Annotated[str, typer.Option(help="s3://bucket/prefix, file:///dir or a directory.")],
@@ -195,11 +206,11 @@ def data_synth(
             seed=seed,
             partition_bytes=_size(partition_size),
             processes=processes,
-            on_written=lambda w: console.print(f"  {w.key}: {w.samples:,} samples"),
+            on_written=_print_partition,
         )
     except CosmicAIError as exc:
         _fail(exc)
-    console.print(f"{sum(w.samples for w in written):,} samples in {len(written)} partitions")
+    _print_total(written)
 
 
 @data_app.command("partition")
@@ -217,11 +228,11 @@ def data_partition(
             read_partitions(parse_location(source)),
             parse_location(out),
             _size(size),
-            on_written=lambda w: console.print(f"  {w.key}: {w.samples:,} samples"),
+            on_written=_print_partition,
         )
     except CosmicAIError as exc:
         _fail(exc)
-    console.print(f"{sum(w.samples for w in written):,} samples in {len(written)} partitions")
+    _print_total(written)
 
 
 @data_app.command("convert")

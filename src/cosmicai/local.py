@@ -62,20 +62,6 @@ def run_local(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     storage = open_storage(storage_spec)
-    t0 = time.perf_counter()
-    pointer = initialize(request, storage)
-    init_s = time.perf_counter() - t0
-    plan = load_plan(storage, pointer.bucket, pointer.run_prefix)
-    items = [
-        WorkItem(
-            run_id=pointer.run_id,
-            bucket=pointer.bucket,
-            run_prefix=pointer.run_prefix,
-            rank=rank,
-            world_size=plan.world_size,
-        )
-        for rank in range(plan.world_size)
-    ]
     errors: dict[int, str] = {}
     columns = (
         "[progress.description]{task.description}",
@@ -83,9 +69,24 @@ def run_local(
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, transient=False, disable=console is None) as bar:
-        bar.add_task("Initialize", total=1, completed=1)
-        task = bar.add_task("Distributed Test", total=len(items))
+    with Progress(*columns, console=console, disable=console is None) as bar:
+        stage = bar.add_task("Initialize", total=1)
+        t0 = time.perf_counter()
+        pointer = initialize(request, storage)
+        init_s = time.perf_counter() - t0
+        bar.advance(stage)
+        plan = load_plan(storage, pointer.bucket, pointer.run_prefix)
+        items = [
+            WorkItem(
+                run_id=pointer.run_id,
+                bucket=pointer.bucket,
+                run_prefix=pointer.run_prefix,
+                rank=rank,
+                world_size=plan.world_size,
+            )
+            for rank in range(plan.world_size)
+        ]
+        stage = bar.add_task("Distributed Test", total=len(items))
         with ProcessPoolExecutor(
             max_workers=max(1, min(workers, len(items))),
             mp_context=get_context("spawn"),
@@ -106,8 +107,8 @@ def run_local(
                         errors[rank] = str(exc)
                     except BrokenProcessPool:
                         errors[rank] = "the rank's process died (killed or out of memory)"
-                    bar.advance(task)
-        summary_task = bar.add_task("Summarize", total=1)
+                    bar.advance(stage)
+        stage = bar.add_task("Summarize", total=1)
         summary = summarize(pointer, storage, extra_durations_s=(init_s,))
-        bar.advance(summary_task)
+        bar.advance(stage)
     return LocalRun(pointer=pointer, summary=summary, rank_errors=errors)

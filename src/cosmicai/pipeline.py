@@ -330,6 +330,25 @@ def run_rank(item: WorkItem, storage: Storage) -> RankResult:
     attempt = uuid.uuid4().hex[:12]
     timings = Timings()
     n_partitions = n_samples = n_bytes = 0
+
+    def result(status: Literal["ok", "failed"], **outcome: str) -> RankResult:
+        timings.total_s = time.perf_counter() - start
+        return RankResult(
+            run_id=item.run_id,
+            rank=item.rank,
+            status=status,
+            attempt=attempt,
+            partitions=n_partitions,
+            samples=n_samples,
+            bytes=n_bytes,
+            timings=timings,
+            started_at=started_at,
+            finished_at=time.time(),
+            peak_rss_mb=peak_rss_mb(),
+            s3_requests=dict(storage.requests),
+            **outcome,
+        )
+
     result_key = _key(_rank_prefix(item.run_prefix, item.rank), "result.json")
     try:
         plan = load_plan(storage, item.bucket, item.run_prefix)
@@ -379,45 +398,15 @@ def run_rank(item: WorkItem, storage: Storage) -> RankResult:
         )
         timings.write_s = time.perf_counter() - t2
         previous = _previous_predictions(storage, item.bucket, result_key)
-        timings.total_s = time.perf_counter() - start
-        result = RankResult(
-            run_id=item.run_id,
-            rank=item.rank,
-            status="ok",
-            attempt=attempt,
-            timings=timings,
-            started_at=started_at,
-            finished_at=time.time(),
-            peak_rss_mb=peak_rss_mb(),
-            s3_requests=dict(storage.requests),
-            predictions_key=predictions_key,
-            partitions=n_partitions,
-            samples=n_samples,
-            bytes=n_bytes,
-        )
-        _put_json(storage, item.bucket, result_key, result)
+        done = result("ok", predictions_key=predictions_key)
+        _put_json(storage, item.bucket, result_key, done)
         if previous and previous != predictions_key:
             # The new result no longer points at it; removing it is tidiness, not safety.
             storage.delete(item.bucket, previous)
-        return result
+        return done
     except Exception as exc:
-        timings.total_s = time.perf_counter() - start
         message = str(exc) if isinstance(exc, CosmicAIError) else f"{type(exc).__name__}: {exc}"
-        failed = RankResult(
-            run_id=item.run_id,
-            rank=item.rank,
-            status="failed",
-            attempt=attempt,
-            timings=timings,
-            started_at=started_at,
-            finished_at=time.time(),
-            peak_rss_mb=peak_rss_mb(),
-            s3_requests=dict(storage.requests),
-            error=message,
-            partitions=n_partitions,
-            samples=n_samples,
-            bytes=n_bytes,
-        )
+        failed = result("failed", error=message)
         try:
             if not _has_ok_result(storage, item.bucket, result_key):
                 _put_json(storage, item.bucket, result_key, failed)
