@@ -168,7 +168,7 @@ def demo(
     request = parse_request(
         {"bucket": "cosmicai-demo", "data_prefix": dataset.name, "batch_size": 256}
     )
-    console.print(f"Run request: {request.model_dump_json(exclude_defaults=True)}")
+    console.print(f"Run request: {request.model_dump_json(exclude_defaults=True)}", soft_wrap=True)
     _run(request, str(store), workers)
 
 

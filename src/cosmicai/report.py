@@ -54,7 +54,7 @@ def _performance_rows(summary: Summary) -> list[tuple[str, str]]:
         ("ranks ok / world size", f"{summary.ranks_ok} / {summary.world_size}"),
         ("partitions", f"{summary.partitions:,}"),
         ("samples", f"{summary.samples:,}"),
-        ("data", f"{summary.bytes / 1e6:,.1f} MB"),
+        ("data", f"{summary.bytes / 2**20:,.1f} MiB"),
         ("Map wall-clock", f"{p.map_wall_s:.2f} s"),
         ("throughput", f"{p.samples_per_s:,.0f} samples/s, {p.gbit_per_s:.3f} Gbit/s"),
         ("slowest / mean rank", f"{p.max_rank_s:.2f} s / {p.mean_rank_s:.2f} s"),
@@ -152,10 +152,10 @@ def print_plan(plan: Plan, console: Console, *, max_rank_rows: int = 16) -> None
     samples = f"{plan.samples:,}" if plan.samples is not None else "unknown (no dataset index)"
     console.print(
         f"[bold]Plan {plan.run_id}[/]: {plan.world_size} ranks, {plan.partitions:,} "
-        f"partitions, {plan.bytes / 1e6:,.1f} MB, samples {samples}"
+        f"partitions, {plan.bytes / 2**20:,.1f} MiB, samples {samples}"
     )
     table = Table(title_justify="left")
-    for column in ("rank", "partitions", "first", "last", "samples", "MB"):
+    for column in ("rank", "partitions", "first", "last", "samples", "MiB"):
         table.add_column(column, justify="right")
     for r in plan.ranks[:max_rank_rows]:
         known = all(p.samples is not None for p in r.partitions)
@@ -165,7 +165,7 @@ def print_plan(plan: Plan, console: Console, *, max_rank_rows: int = 16) -> None
             str(r.partitions[0].number),
             str(r.partitions[-1].number),
             f"{sum(p.samples or 0 for p in r.partitions):,}" if known else "?",
-            f"{r.bytes / 1e6:,.1f}",
+            f"{r.bytes / 2**20:,.1f}",
         )
     if len(plan.ranks) > max_rank_rows:
         table.caption = f"... and {len(plan.ranks) - max_rank_rows} more ranks"
