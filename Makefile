@@ -10,8 +10,12 @@ STAMP_DEV := $(VENV)/.stamp-dev-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # this project's machines keep on disk; elsewhere pip would fetch a multi-GB CUDA build, so
 # the install is allowed to fail and the converter tests then skip.
 TORCH_SPEC ?= torch==2.13.0
+# aws-sam-cli pins boto3 to one exact version, so it lives in a tool environment of its own.
+SAM_VENV ?= .venv-sam
+SAM_CLI_SPEC ?= aws-sam-cli==1.170.0
+STAMP_SAM := $(SAM_VENV)/.stamp-$(subst =,-,$(SAM_CLI_SPEC))
 
-.PHONY: demo test check lint typecheck unit clean venv
+.PHONY: demo test lint typecheck unit clean venv sam-build
 
 $(STAMP_RUN):
 	$(PYTHON) -m venv $(VENV)
@@ -24,22 +28,32 @@ $(STAMP_DEV): $(STAMP_RUN)
 	-$(BIN)/python -m pip install --quiet '$(TORCH_SPEC)' || echo "torch not installed: converter tests will skip"
 	touch $@
 
-venv: $(STAMP_DEV)
+$(STAMP_SAM):
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/python -m pip install --quiet '$(SAM_CLI_SPEC)'
+	touch $@
+
+venv: $(STAMP_DEV) $(STAMP_SAM)
+
+# Build the Lambda functions and layers (needs a python3.12; pyenv has one on our machines).
+sam-build: $(STAMP_SAM)
+	PATH="$$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bin 2>/dev/null | tail -1):$$PATH" \
+	  SAM_CLI_TELEMETRY=0 $(SAM_VENV)/bin/sam build
 
 demo: $(STAMP_RUN)
 	$(BIN)/cosmicai demo
 
 lint: $(STAMP_DEV)
-	$(BIN)/ruff check src tests scripts
-	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/ruff check src tests scripts functions
+	$(BIN)/ruff format --check src tests scripts functions
 
 typecheck: $(STAMP_DEV)
 	$(BIN)/mypy
 
-unit: $(STAMP_DEV)
-	$(BIN)/python -m pytest
+unit: $(STAMP_DEV) $(STAMP_SAM)
+	COSMICAI_SAM="$(abspath $(SAM_VENV))/bin/sam" $(BIN)/python -m pytest
 
 test: lint typecheck unit
 
 clean:
-	rm -rf $(VENV) .demo .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(SAM_VENV) .demo .aws-sam .mypy_cache .ruff_cache .pytest_cache

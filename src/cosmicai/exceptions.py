@@ -41,3 +41,43 @@ class PlanError(CosmicAIError):
 
 class RankFailedError(CosmicAIError):
     """A worker rank could not finish; its rank result names the cause."""
+
+
+class RendezvousError(CosmicAIError):
+    """The rendezvous server could not be reached, or it refused or failed a request.
+
+    ``code`` is the native protocol's error code when the server sent one (see
+    ``docs/rendezvous-protocol.md``), else None.
+    """
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RendezvousProtocolError(RendezvousError):
+    """A rendezvous peer sent bytes that break the protocol; the message names the fault."""
+
+
+class RendezvousRefusedError(RendezvousError):
+    """The rendezvous server answered a request with an error code."""
+
+
+class RendezvousAuthError(RendezvousRefusedError):
+    """The rendezvous server refused the credentials (wrong secret, clock skew, replay)."""
+
+
+class RendezvousTimeoutError(RendezvousError):
+    """No partner or no complete world arrived before the deadline."""
+
+
+class WorldIncompleteError(RendezvousRefusedError):
+    """The job's deadline passed before every rank of the world had registered."""
+
+
+class RendezvousConfigError(CosmicAIError, ValueError):
+    """The rendezvous server's settings or secret source are wrong; the message names which."""
+
+
+class DnsRegistrationError(RendezvousError):
+    """The rendezvous server could not point its Route 53 record at its own public IP."""

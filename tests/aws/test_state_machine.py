@@ -1,0 +1,197 @@
+"""The production ASL, executed by moto's Step Functions interpreter, with our real handlers.
+
+moto runs the definition (Initialize -> Distributed Map -> Summarize) and invokes Lambda
+through its Docker-free backend, which by default echoes the payload; the test patches that
+one method to call our handlers in-process. The interpreter's gaps are bridged here, never
+in the production ASL (DESIGN.md §7).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import time
+import zipfile
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.aws.conftest import (
+    DATA_BUCKET,
+    PARTITION_SAMPLES,
+    ROOT,
+    FakeLambdaContext,
+    Handler,
+    event,
+)
+
+ASL = ROOT / "statemachine" / "cosmicai.asl.json"
+ROLE = "arn:aws:iam::123456789012:role/cosmicai-test"
+
+
+def render_definition(substitutions: dict[str, str]) -> dict[str, Any]:
+    """The ASL with DefinitionSubstitutions applied, as CloudFormation would."""
+    text = ASL.read_text()
+    for name, value in substitutions.items():
+        text = text.replace("${" + name + "}", value)
+    leftover = re.findall(r"\$\{(\w+)\}", text)
+    assert not leftover, f"unsubstituted placeholders: {leftover}"
+    definition: dict[str, Any] = json.loads(text)
+    return definition
+
+
+def _invoke_in_process(handlers: dict[str, Handler]) -> Any:
+    def invoke(
+        self: Any,
+        function_name: str,
+        qualifier: Any,
+        body: Any,
+        headers: Any,
+        response_headers: Any,
+    ) -> bytes:
+        stage = function_name.rsplit(":", 1)[-1].removeprefix("cosmicai-")
+        try:
+            result = handlers[stage](json.loads(body), FakeLambdaContext())
+        except Exception as exc:  # what Lambda does with an unhandled error
+            response_headers["x-amz-function-error"] = "Unhandled"
+            return json.dumps({"errorType": type(exc).__name__, "errorMessage": str(exc)}).encode()
+        return json.dumps(result).encode()
+
+    return invoke
+
+
+@pytest.fixture
+def sfn(
+    aws_env: None, handlers: dict[str, Handler], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Any]:
+    from moto import mock_aws
+    from moto.awslambda_simple.models import LambdaSimpleBackend
+
+    monkeypatch.setattr(LambdaSimpleBackend, "invoke", _invoke_in_process(handlers))
+    config: Any = {
+        "stepfunctions": {"execute_state_machine": True},
+        "lambda": {"use_docker": False},
+    }
+    with mock_aws(config=config):
+        yield boto3.client("stepfunctions", region_name="us-east-1")
+
+
+@pytest.fixture
+def s3_client(sfn: Any) -> Any:
+    # Overrides the root fixture: the bucket must live inside the same mock as the functions.
+    return boto3.client("s3", region_name="us-east-1")
+
+
+@pytest.fixture
+def state_machine(sfn: Any, data_bucket: Any) -> str:
+    lam = boto3.client("lambda", region_name="us-east-1")
+    boto3.client("iam").create_role(
+        RoleName="cosmicai-test",
+        AssumeRolePolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": "sts:AssumeRole",
+                        "Principal": {"Service": ["lambda.amazonaws.com", "states.amazonaws.com"]},
+                    }
+                ],
+            }
+        ),
+    )
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("app.py", "def lambda_handler(event, context):\n    return event\n")
+    arns = {}
+    for stage in ("initialize", "worker", "summarize"):
+        arns[f"{stage.capitalize()}FunctionArn"] = lam.create_function(
+            FunctionName=f"cosmicai-{stage}",
+            Runtime="python3.12",
+            Role=ROLE,
+            Handler="app.lambda_handler",
+            Code={"ZipFile": archive.getvalue()},
+        )["FunctionArn"]
+    definition = render_definition(
+        {**arns, "MaxConcurrency": "4", "ToleratedFailurePercentage": "0"}
+    )
+    # moto's interpreter reads an integer ToleratedFailurePercentage as invalid; Step
+    # Functions accepts both, so the test hands it a float.
+    distributed = definition["States"]["Distributed Test"]
+    distributed["ToleratedFailurePercentage"] = float(distributed["ToleratedFailurePercentage"])
+    arn: str = sfn.create_state_machine(
+        name="cosmicai-pipeline", definition=json.dumps(definition), roleArn=ROLE
+    )["stateMachineArn"]
+    return arn
+
+
+def _run(sfn: Any, state_machine: str, request: dict[str, Any]) -> dict[str, Any]:
+    execution = sfn.start_execution(stateMachineArn=state_machine, input=json.dumps(request))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        described: dict[str, Any] = sfn.describe_execution(executionArn=execution["executionArn"])
+        if described["status"] != "RUNNING":
+            return described
+        time.sleep(0.2)
+    raise AssertionError("execution did not finish in 120 s")
+
+
+def test_successful_run_with_several_ranks(sfn: Any, state_machine: str, data_bucket: Any) -> None:
+    # GIVEN the state machine's sample input (3 partitions, 2 ranks)
+    # WHEN executed
+    execution = _run(sfn, state_machine, event("state-machine.json"))
+    # THEN it succeeds with Summarize's report of every sample
+    assert execution["status"] == "SUCCEEDED", execution
+    output = json.loads(execution["output"])
+    assert output["status"] == "ok"
+    assert output["samples"] == 3 * PARTITION_SAMPLES
+    summary = json.loads(
+        data_bucket.get_object(Bucket=DATA_BUCKET, Key=output["summary_key"])["Body"].read()
+    )
+    assert summary["world_size"] == 2
+    assert summary["ranks_ok"] == 2
+    # and the Map ran one child per rank
+    (map_run,) = sfn.list_map_runs(executionArn=execution["executionArn"])["mapRuns"]
+    counts = sfn.describe_map_run(mapRunArn=map_run["mapRunArn"])["itemCounts"]
+    assert counts["succeeded"] == 2
+    assert counts["failed"] == 0
+
+
+def test_failing_rank_is_counted_and_named(sfn: Any, state_machine: str, data_bucket: Any) -> None:
+    # GIVEN partition 3 (rank 1's) corrupt
+    data_bucket.put_object(Bucket=DATA_BUCKET, Key="25MB/3.safetensors", Body=b"not a partition")
+    # WHEN the run executes
+    execution = _run(sfn, state_machine, event("state-machine.json"))
+    # THEN the Map run counts the failed item
+    (map_run,) = sfn.list_map_runs(executionArn=execution["executionArn"])["mapRuns"]
+    counts = sfn.describe_map_run(mapRunArn=map_run["mapRunArn"])["itemCounts"]
+    assert counts["failed"] == 1
+    assert counts["succeeded"] == 1
+    # and Summarize still ran: the summary names rank 1 and why, and counts rank 0's samples
+    summaries = [
+        o["Key"]
+        for o in data_bucket.list_objects_v2(Bucket=DATA_BUCKET, Prefix="runs/")["Contents"]
+        if o["Key"].endswith("summary.json")
+    ]
+    (key,) = summaries
+    summary = json.loads(data_bucket.get_object(Bucket=DATA_BUCKET, Key=key)["Body"].read())
+    assert summary["status"] == "partial"
+    assert list(summary["failed_ranks"]) == ["1"]
+    assert "25MB/3.safetensors" in summary["failed_ranks"]["1"]
+    assert summary["samples"] == 2 * PARTITION_SAMPLES
+    # and the execution itself reports the failure
+    assert execution["status"] == "FAILED"
+    assert execution.get("error") == "RanksFailed"
+
+
+def test_bad_request_fails_with_our_error_type(
+    sfn: Any, state_machine: str, data_bucket: Any
+) -> None:
+    request = {k: v for k, v in event("cosmicai-original.json").items() if k != "bucket"}
+    execution = _run(sfn, state_machine, request)
+    assert execution["status"] == "FAILED"
+    assert execution["error"] == "InvalidRequestError"
+    assert "bucket: required field is missing" in execution["cause"]
