@@ -26,6 +26,10 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Make, cut and convert datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+aws_app = typer.Typer(
+    help="Start, follow and summarize runs on a deployed stack.", no_args_is_help=True
+)
+app.add_typer(aws_app, name="aws")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -255,6 +259,83 @@ def data_convert(
     except (CosmicAIError, ImportError) as exc:
         _fail(exc)
     console.print(f"converted {len(converted)} partitions into {location}")
+
+
+StackOption = Annotated[
+    str, typer.Option("--stack", envvar="COSMICAI_STACK", help="Name of the deployed stack.")
+]
+
+
+@aws_app.command("start")
+def aws_start(
+    request_file: Path,
+    stack: StackOption,
+    watch: Annotated[bool, typer.Option(help="Follow the run until it ends.")] = False,
+) -> None:
+    """Start a run on a deployed stack (the request is validated here first)."""
+    from cosmicai.aws.runs import describe_stack, start_run
+    from cosmicai.request import load_request
+
+    try:
+        request = load_request(request_file)
+        deployed = describe_stack(stack)
+        arn = start_run(deployed, request)
+    except CosmicAIError as exc:
+        _fail(exc)
+    console.print(f"Started run [bold]{request.run_id}[/]: {arn}")
+    if deployed.dashboard_url:
+        console.print(f"Dashboard: {deployed.dashboard_url}")
+    if watch:
+        aws_watch(request.run_id, stack)
+
+
+@aws_app.command("watch")
+def aws_watch(run_id: str, stack: StackOption) -> None:
+    """Follow a run: Map item counts as a progress bar, until the execution ends."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from cosmicai.aws.runs import RunProgress, describe_stack, watch_run
+
+    try:
+        deployed = describe_stack(stack)
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as bar:
+            task = bar.add_task("Distributed Test", total=None)
+
+            def show(p: RunProgress) -> None:
+                bar.update(
+                    task,
+                    total=p.ranks_total or None,
+                    completed=p.ranks_succeeded + p.ranks_failed,
+                    description=f"{p.status.lower()}: {p.ranks_running} running, "
+                    f"{p.ranks_failed} failed",
+                )
+
+            final = watch_run(deployed, run_id, on_progress=show)
+    except CosmicAIError as exc:
+        _fail(exc)
+    if final.status != "SUCCEEDED":
+        err_console.print(f"[bold red]run {run_id} {final.status}:[/] {final.error}: {final.cause}")
+        raise typer.Exit(1)
+    console.print(f"Run {run_id} succeeded: `cosmicai aws summary {run_id} --stack {stack}`")
+
+
+@aws_app.command("summary")
+def aws_summary(run_id: str, stack: StackOption) -> None:
+    """Print a run's summary: accuracy, performance and cost."""
+    from cosmicai.aws.runs import describe_stack, fetch_summary
+    from cosmicai.report import print_summary
+
+    try:
+        summary = fetch_summary(describe_stack(stack), run_id)
+    except CosmicAIError as exc:
+        _fail(exc)
+    print_summary(summary, console)
 
 
 def main() -> None:  # pragma: no cover - console entry point for `python -m cosmicai`

@@ -6,12 +6,15 @@ import importlib.util
 import io
 import json
 import logging
-from collections.abc import Callable
+import re
+import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import boto3
 import pytest
 
 ROOT = Path(__file__).parents[2]
@@ -19,6 +22,9 @@ EVENTS = ROOT / "events"
 DATA_BUCKET = "cosmicai-data"
 #: Samples per test partition: small, so the moto tests stay quick.
 PARTITION_SAMPLES = 40
+
+ASL = ROOT / "statemachine" / "cosmicai.asl.json"
+ROLE = "arn:aws:iam::123456789012:role/cosmicai-test"
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
@@ -94,3 +100,99 @@ def data_bucket(s3_client: Any) -> Any:
             processes=1,
         )
     return s3_client
+
+
+def render_definition(substitutions: dict[str, str]) -> dict[str, Any]:
+    """The ASL with DefinitionSubstitutions applied, as CloudFormation would."""
+    text = ASL.read_text()
+    for name, value in substitutions.items():
+        text = text.replace("${" + name + "}", value)
+    leftover = re.findall(r"\$\{(\w+)\}", text)
+    assert not leftover, f"unsubstituted placeholders: {leftover}"
+    definition: dict[str, Any] = json.loads(text)
+    return definition
+
+
+def _invoke_in_process(handlers: dict[str, Handler]) -> Any:
+    def invoke(
+        self: Any,
+        function_name: str,
+        qualifier: Any,
+        body: Any,
+        headers: Any,
+        response_headers: Any,
+    ) -> bytes:
+        stage = function_name.rsplit(":", 1)[-1].removeprefix("cosmicai-")
+        try:
+            result = handlers[stage](json.loads(body), FakeLambdaContext())
+        except Exception as exc:  # what Lambda does with an unhandled error
+            response_headers["x-amz-function-error"] = "Unhandled"
+            return json.dumps({"errorType": type(exc).__name__, "errorMessage": str(exc)}).encode()
+        return json.dumps(result).encode()
+
+    return invoke
+
+
+@pytest.fixture
+def sfn(
+    aws_env: None, handlers: dict[str, Handler], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Any]:
+    from moto import mock_aws
+    from moto.awslambda_simple.models import LambdaSimpleBackend
+
+    monkeypatch.setattr(LambdaSimpleBackend, "invoke", _invoke_in_process(handlers))
+    config: Any = {
+        "stepfunctions": {"execute_state_machine": True},
+        "lambda": {"use_docker": False},
+    }
+    with mock_aws(config=config):
+        yield boto3.client("stepfunctions", region_name="us-east-1")
+
+
+@pytest.fixture
+def s3_client(sfn: Any) -> Any:
+    # Overrides the root fixture: the bucket must live inside the same mock as the functions.
+    return boto3.client("s3", region_name="us-east-1")
+
+
+@pytest.fixture
+def state_machine(sfn: Any, data_bucket: Any) -> str:
+    lam = boto3.client("lambda", region_name="us-east-1")
+    boto3.client("iam").create_role(
+        RoleName="cosmicai-test",
+        AssumeRolePolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": "sts:AssumeRole",
+                        "Principal": {"Service": ["lambda.amazonaws.com", "states.amazonaws.com"]},
+                    }
+                ],
+            }
+        ),
+    )
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("app.py", "def lambda_handler(event, context):\n    return event\n")
+    arns = {}
+    for stage in ("initialize", "worker", "summarize"):
+        arns[f"{stage.capitalize()}FunctionArn"] = lam.create_function(
+            FunctionName=f"cosmicai-{stage}",
+            Runtime="python3.12",
+            Role=ROLE,
+            Handler="app.lambda_handler",
+            Code={"ZipFile": archive.getvalue()},
+        )["FunctionArn"]
+    definition = render_definition(
+        {**arns, "MaxConcurrency": "4", "ToleratedFailurePercentage": "0"}
+    )
+    # moto's interpreter reads an integer ToleratedFailurePercentage as invalid; Step
+    # Functions accepts both, so the test hands it a float.
+    distributed = definition["States"]["Distributed Test"]
+    distributed["ToleratedFailurePercentage"] = float(distributed["ToleratedFailurePercentage"])
+    arn: str = sfn.create_state_machine(
+        name="cosmicai-pipeline", definition=json.dumps(definition), roleArn=ROLE
+    )["stateMachineArn"]
+    return arn

@@ -18,8 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.aws.conftest import ROOT
-from tests.aws.test_state_machine import render_definition
+from tests.aws.conftest import ROOT, render_definition
 
 #: Lambda's limit for a function and all its layers, unzipped.
 LAMBDA_UNZIPPED_LIMIT = 250 * 1024 * 1024
