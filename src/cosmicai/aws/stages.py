@@ -8,7 +8,8 @@ state machine sees), naming every bad field.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cosmicai.constants import (
     ENV_ARCHITECTURE,
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 #: The only metric dimension besides Powertools' service: a handful of values, never a run id
 #: or rank (each distinct dimension value is a billed custom metric).
 STAGE_DIMENSION = "stage"
+
+T = TypeVar("T")
 
 
 def deployment_request(event: Any) -> RunRequest:
@@ -61,6 +64,17 @@ def deployment_request(event: Any) -> RunRequest:
     return request
 
 
+def _parsed(parse: Callable[[Any], T], event: Any, stage: str, metrics: Metrics | None) -> T:
+    """``parse(event)``, counting bad events (a dashboard should show them, not only logs)."""
+    try:
+        return parse(event)
+    except InvalidRequestError:
+        if metrics:
+            metrics.add_dimension(STAGE_DIMENSION, stage)
+            metrics.add_metric("InvalidEvents", "Count", 1)
+        raise
+
+
 def initialize_stage(
     event: Any,
     *,
@@ -68,7 +82,7 @@ def initialize_stage(
     logger: Logger | None = None,
     metrics: Metrics | None = None,
 ) -> dict[str, Any]:
-    request = deployment_request(event)
+    request = _parsed(deployment_request, event, "initialize", metrics)
     if logger:
         logger.append_keys(run_id=request.run_id)
         if request.ignored_fields:
@@ -90,7 +104,7 @@ def worker_stage(
     logger: Logger | None = None,
     metrics: Metrics | None = None,
 ) -> dict[str, Any]:
-    item = parse_work_item(event)
+    item = _parsed(parse_work_item, event, "worker", metrics)
     if logger:
         logger.append_keys(run_id=item.run_id, rank=item.rank)
     if metrics:
@@ -128,7 +142,7 @@ def summarize_stage(
     logger: Logger | None = None,
     metrics: Metrics | None = None,
 ) -> dict[str, Any]:
-    pointer = parse_pointer(event)
+    pointer = _parsed(parse_pointer, event, "summarize", metrics)
     if logger:
         logger.append_keys(run_id=pointer.run_id)
         if isinstance(event, dict) and event.get("map_error"):
