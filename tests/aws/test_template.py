@@ -262,3 +262,33 @@ def test_built_worker_runs_on_python312(sam_build: Path, tmp_path: Path, aws_env
         assert sys.version_info >= (3, 11)
     finally:
         server.stop()
+
+
+def test_dashboard_is_valid_json_and_charts_metrics_we_emit() -> None:
+    import re
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def value(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
+        if isinstance(node, yaml.SequenceNode):
+            return loader.construct_sequence(node, deep=True)
+        if isinstance(node, yaml.MappingNode):
+            return loader.construct_mapping(node, deep=True)
+        return loader.construct_scalar(node)  # type: ignore[arg-type]
+
+    Loader.add_multi_constructor("!", value)
+    template = yaml.load((ROOT / "template.yaml").read_text(), Loader=Loader)
+    body_template = template["Resources"]["Dashboard"]["Properties"]["DashboardBody"][0]
+    body = json.loads(re.sub(r"\$\{[^}]+\}", "X", body_template))
+    charted = {
+        m[1]
+        for w in body["widgets"]
+        for m in w["properties"]["metrics"]
+        if isinstance(m[0], str) and m[0] == "cosmicai"
+    }
+    emitted = set(
+        re.findall(r'add_metric\("(\w+)"', (ROOT / "src/cosmicai/aws/stages.py").read_text())
+    )
+    assert charted, "the dashboard charts none of our metrics"
+    assert charted <= emitted, f"charted but never emitted: {charted - emitted}"
