@@ -25,6 +25,8 @@ ENV_DATA_PREFIX = "COSMICAI_DATA_PREFIX"
 ENV_RESULTS_PREFIX = "COSMICAI_RESULTS_PREFIX"
 #: Worker architecture, for the cost estimate when the request does not say.
 ENV_ARCHITECTURE = "COSMICAI_ARCHITECTURE"
+#: The Distributed Map's MaxConcurrency: a communicator needs every rank alive at once.
+ENV_MAX_CONCURRENCY = "COSMICAI_MAX_CONCURRENCY"
 
 DEFAULT_RUNS_PREFIX = "runs/"
 BUILTIN_MODEL_PREFIX = "builtin:"

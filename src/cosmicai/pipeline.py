@@ -259,6 +259,18 @@ def make_plan(request: RunRequest, storage: Storage) -> Plan:
     if request.file_limit is not None:
         partitions = partitions[: request.file_limit]
     world_size = request.world_size or len(partitions)
+    if (
+        request.communicator != "off"
+        and request.max_concurrency is not None
+        and world_size > request.max_concurrency
+    ):
+        # Collectives need every rank alive at once; ranks queued behind MaxConcurrency would
+        # wait for peers that cannot start until they finish.
+        raise PlanError(
+            f"communicator {request.communicator!r} needs all {world_size} ranks running at "
+            f"once, but at most {request.max_concurrency} can run (max concurrency): lower "
+            "world_size, raise the concurrency, or set communicator to 'off'"
+        )
     ranks = plan_ranks(partitions, world_size)
     known = all(p.samples is not None for p in partitions)
     return Plan(

@@ -96,8 +96,17 @@ class RunRequest(BaseModel):
     ort_threads: int = Field(
         default=1, ge=1, le=64, description="ONNX Runtime intra-op threads per worker."
     )
-    communicator: Literal["off"] = Field(
-        default="off", description="Worker-to-worker communication (`off`: per-rank results)."
+    communicator: Literal["off", "direct", "store"] = Field(
+        default="off",
+        description="Worker-to-worker reduction of the metrics: `off` (Summarize reads every "
+        "rank's result), `direct` (hole-punched TCP, object store where a link cannot be made) "
+        "or `store` (object store only).",
+    )
+    max_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        description="Ranks that can run at once (the Map's MaxConcurrency, or local workers); "
+        "filled in by the deployment or the local runner when absent.",
     )
     ignored_fields: tuple[str, ...] = Field(
         default=(), description="Fields of the original payload that were accepted and ignored."

@@ -100,3 +100,15 @@ def test_missing_bucket_is_named(s3_client: Any) -> None:
 
     with pytest.raises(ObjectNotFoundError, match="no-such-bucket"):
         make_plan(parse_request({"bucket": "no-such-bucket"}), S3Storage(s3_client))
+
+
+def test_communicator_needs_every_rank_alive_at_once(storage: Storage) -> None:
+    # GIVEN 4 partitions and a deployment that runs at most 3 workers at once
+    _put_partitions(storage, "p/", 4)
+    base = {"bucket": BUCKET, "data_prefix": "p", "world_size": 4, "max_concurrency": 3}
+    # WHEN a run asks for the communicator over 4 ranks
+    # THEN Initialize refuses, naming both numbers
+    with pytest.raises(PlanError, match="needs all 4 ranks running at once, but at most 3"):
+        make_plan(parse_request({**base, "communicator": "direct"}), storage)
+    # and without the communicator the same run is fine (ranks may queue)
+    assert make_plan(parse_request(base), storage).world_size == 4

@@ -15,6 +15,7 @@ from cosmicai.constants import (
     ENV_ARCHITECTURE,
     ENV_DATA_PREFIX,
     ENV_DEPLOYMENT_BUCKET,
+    ENV_MAX_CONCURRENCY,
     ENV_RESULTS_PREFIX,
     ENV_WORKER_MEMORY_MB,
 )
@@ -57,6 +58,8 @@ def deployment_request(event: Any) -> RunRequest:
         defaults["memory_mb"] = int(os.environ[ENV_WORKER_MEMORY_MB])
     if "architecture" not in request.model_fields_set and os.environ.get(ENV_ARCHITECTURE):
         defaults["architecture"] = os.environ[ENV_ARCHITECTURE]
+    if request.max_concurrency is None and os.environ.get(ENV_MAX_CONCURRENCY):
+        defaults["max_concurrency"] = int(os.environ[ENV_MAX_CONCURRENCY])
     if defaults:
         request = parse_request(
             {**request.model_dump(exclude_unset=True), **defaults, "run_id": request.run_id}
