@@ -56,3 +56,60 @@ def redshift_metrics(z_true: npt.NDArray[Any], z_pred: npt.NDArray[Any]) -> Reds
         r2=float(1.0 - np.sum(error**2) / total) if total > 0 else float("nan"),
         outlier_fraction=float(np.mean(np.abs(dz) > OUTLIER_THRESHOLD)),
     )
+
+
+#: Order of the sums in a :func:`sufficient_statistics` vector.
+STAT_FIELDS = ("n", "sum_abs_error", "sum_sq_error", "sum_dz", "sum_z", "sum_z_sq", "outliers")
+
+
+def sufficient_statistics(
+    z_true: npt.NDArray[Any], z_pred: npt.NDArray[Any]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """What one rank contributes to exact global metrics: sums (added across ranks) and its
+    Δz values (gathered, since NMAD needs a median over every sample)."""
+    z = np.asarray(z_true, dtype=np.float64)
+    p = np.asarray(z_pred, dtype=np.float64)
+    known = np.isfinite(z)
+    z, p = z[known], p[known]
+    error = p - z
+    dz = error / (1.0 + z)
+    sums = np.array(
+        [
+            z.size,
+            np.sum(np.abs(error)),
+            np.sum(error**2),
+            np.sum(dz),
+            np.sum(z),
+            np.sum(z**2),
+            np.sum(np.abs(dz) > OUTLIER_THRESHOLD),
+        ],
+        dtype=np.float64,
+    )
+    # float64 on the wire too: the median of the same float64 values is the same number, so
+    # NMAD comes out identical to the one computed from all predictions at once.
+    return sums, dz
+
+
+def metrics_from_statistics(
+    sums: npt.NDArray[np.float64], dz: npt.NDArray[Any]
+) -> RedshiftMetrics | None:
+    """Global metrics from summed statistics and every rank's Δz (see
+    :func:`sufficient_statistics`); equal to :func:`redshift_metrics` of the concatenated
+    predictions up to floating-point summation order."""
+    n = int(sums[0])
+    if n == 0:
+        return None
+    if len(dz) != n:
+        raise ValueError(f"{len(dz)} Δz values for {n} samples")
+    _, abs_error, sq_error, sum_dz, sum_z, sum_z_sq, outliers = (float(v) for v in sums)
+    total = sum_z_sq - sum_z * sum_z / n
+    dz64 = np.asarray(dz, dtype=np.float64)
+    return RedshiftMetrics(
+        samples=n,
+        mae=abs_error / n,
+        mse=sq_error / n,
+        bias=sum_dz / n,
+        nmad=float(NMAD_SCALE * np.median(np.abs(dz64 - np.median(dz64)))),
+        r2=1.0 - sq_error / total if total > 0 else float("nan"),
+        outlier_fraction=outliers / n,
+    )
