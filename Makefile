@@ -44,8 +44,8 @@ demo: $(STAMP_RUN)
 	$(BIN)/cosmicai demo
 
 lint: $(STAMP_DEV)
-	$(BIN)/ruff check src tests scripts functions
-	$(BIN)/ruff format --check src tests scripts functions
+	$(BIN)/ruff check src tests scripts functions benchmarks
+	$(BIN)/ruff format --check src tests scripts functions benchmarks
 
 typecheck: $(STAMP_DEV)
 	$(BIN)/mypy

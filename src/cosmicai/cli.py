@@ -14,6 +14,7 @@ from rich.console import Console
 from cosmicai import __version__
 from cosmicai.constants import ENV_STORAGE
 from cosmicai.exceptions import CosmicAIError, InvalidRequestError
+from cosmicai.rendezvous.cli import app as rendezvous_app
 
 if TYPE_CHECKING:
     from cosmicai.data.partitioner import WrittenPartition
@@ -30,6 +31,7 @@ aws_app = typer.Typer(
     help="Start, follow and summarize runs on a deployed stack.", no_args_is_help=True
 )
 app.add_typer(aws_app, name="aws")
+app.add_typer(rendezvous_app, name="rendezvous")
 
 console = Console()
 err_console = Console(stderr=True)

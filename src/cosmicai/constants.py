@@ -60,8 +60,24 @@ ENV_RENDEZVOUS_ROUTE53_RECORD_NAME = "COSMICAI_RENDEZVOUS_ROUTE53_RECORD_NAME"
 ENV_RENDEZVOUS_ROUTE53_TTL = "COSMICAI_RENDEZVOUS_ROUTE53_TTL"
 ENV_RENDEZVOUS_PUBLIC_IP = "COSMICAI_RENDEZVOUS_PUBLIC_IP"
 ENV_RENDEZVOUS_LOG_LEVEL = "COSMICAI_RENDEZVOUS_LOG_LEVEL"
+ENV_RENDEZVOUS_EVENT_LOOP = "COSMICAI_RENDEZVOUS_EVENT_LOOP"
 #: Injected by ECS into every container (platform 1.4.0+); the task's own network metadata.
 ENV_ECS_CONTAINER_METADATA_URI_V4 = "ECS_CONTAINER_METADATA_URI_V4"
 
 DEFAULT_RENDEZVOUS_PORT = 10000
 DEFAULT_RENDEZVOUS_HEALTH_PORT = 8080
+
+# The communicator (cosmicai.comm): deadlines of its operations and of direct-link attempts.
+#: Seconds one communicator operation (a collective, a send or a receive) may take.
+ENV_COMM_DEADLINE = "COSMICAI_COMM_DEADLINE"
+#: Seconds a direct link may take to set up before that link falls back to the object store.
+ENV_COMM_LINK_DEADLINE = "COSMICAI_COMM_LINK_DEADLINE"
+#: Largest frame payload a rank accepts from a peer, in bytes.
+ENV_COMM_MAX_FRAME_BYTES = "COSMICAI_COMM_MAX_FRAME_BYTES"
+#: Longest pause, in seconds, between two polls of the object store for a peer's message.
+ENV_COMM_STORE_POLL_MAX = "COSMICAI_COMM_STORE_POLL_MAX"
+
+DEFAULT_COMM_DEADLINE = 60.0
+DEFAULT_COMM_LINK_DEADLINE = 5.0
+DEFAULT_COMM_MAX_FRAME_BYTES = 2**30
+DEFAULT_COMM_STORE_POLL_MAX = 0.1

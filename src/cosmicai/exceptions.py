@@ -81,3 +81,34 @@ class RendezvousConfigError(CosmicAIError, ValueError):
 
 class DnsRegistrationError(RendezvousError):
     """The rendezvous server could not point its Route 53 record at its own public IP."""
+
+
+class CommError(CosmicAIError):
+    """A collective or point-to-point operation of the communicator failed.
+
+    ``peer`` is the rank the failure involves and ``operation`` the communicator call
+    (``allreduce``, ``recv``, ...) when known; both are also in the message.
+    """
+
+    def __init__(
+        self, message: str, *, peer: int | None = None, operation: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.peer = peer
+        self.operation = operation
+
+
+class CommTimeoutError(CommError):
+    """A communicator operation did not finish before its deadline (a slow or silent peer)."""
+
+
+class PeerLostError(CommError):
+    """A peer closed its link or its process died while this rank still needed it."""
+
+
+class PeerAuthError(CommError):
+    """A peer link failed the mutual authentication handshake (wrong key, rank, or silence)."""
+
+
+class CommProtocolError(CommError):
+    """A peer sent bytes that are not a valid frame or message; the message names the fault."""

@@ -1,0 +1,153 @@
+"""One accepted TCP connection: which protocol it speaks, its first deadline, its socket.
+
+The first byte decides the protocol: zero starts the native preamble, anything else is the
+first byte of a TCPunch pairing name. No waiting is needed beyond that byte, so TCPunch
+clients are not slowed down by the disambiguation; a connection that sends nothing is closed
+after ``hello_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import TYPE_CHECKING, Protocol, cast
+
+from cosmicai.rendezvous.endpoint import Endpoint
+from cosmicai.rendezvous.logs import log_event
+
+if TYPE_CHECKING:
+    from cosmicai.rendezvous.state import ServerState
+
+
+class Session(Protocol):
+    def data_received(self, data: bytes) -> None: ...
+
+    def connection_lost(self) -> None: ...
+
+    def shutdown(self) -> None:
+        """The server is stopping: say goodbye if the protocol can, and close."""
+
+
+# A waiter whose host vanishes (no FIN, no RST) would otherwise be paired until its deadline.
+# Set on the listening socket: accepted sockets inherit them (one syscall per server, not four
+# per connection).
+_KEEPALIVE = (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3))
+
+
+def enable_keepalive(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in _KEEPALIVE:
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
+#: How long a finished connection waits for the client to close before it is aborted.
+LINGER_SECONDS = 2.0
+
+
+class Connection(asyncio.Protocol):
+    __slots__ = ("_hello_timer", "peer", "session", "state", "transport")
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.session: Session | None = None
+        self._hello_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def source(self) -> str:
+        return self.peer.host
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        state = self.state
+        state.metrics.inc("connections_total")
+        if state.closing or len(state.connections) >= state.config.max_connections:
+            state.metrics.inc("connections_rejected_total")
+            self.transport.abort()
+            return
+        self.peer = Endpoint.from_sockaddr(transport.get_extra_info("peername"))
+        state.connections.add(self)
+        self._hello_timer = state.loop.call_later(state.config.hello_timeout, self._hello_expired)
+
+    def data_received(self, data: bytes) -> None:
+        session = self.session
+        if session is None:
+            session = self._choose_protocol(data[0])
+            if session is None:
+                return
+        session.data_received(data)
+
+    def _choose_protocol(self, first_byte: int) -> Session | None:
+        # Imported here: the sessions import this module for the Connection type.
+        from cosmicai.rendezvous.native_session import NativeSession
+        from cosmicai.rendezvous.tcpunch_session import TCPunchSession
+
+        if first_byte == 0:
+            self.session = NativeSession(self)
+            self.state.metrics.inc("sessions_total", protocol="native")
+        elif self.state.config.tcpunch:
+            self.session = TCPunchSession(self)
+            self.state.metrics.inc("sessions_total", protocol="tcpunch")
+        else:
+            self.protocol_error("tcpunch_disabled", "TCPunch client while TCPunch is off")
+            return None
+        return self.session
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.hello_done()
+        self.state.connections.discard(self)
+        if self.session is not None:
+            self.session.connection_lost()
+
+    def hello_done(self) -> None:
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+            self._hello_timer = None
+
+    def _hello_expired(self) -> None:
+        self._hello_timer = None
+        self.state.metrics.inc("timeouts_total", kind="hello")
+        log_event(logging.DEBUG, "hello_timeout", peer=str(self.peer))
+        # A silent or half-named client gets no answer: TCPunch has no way to carry one.
+        self.transport.abort()
+
+    def is_alive(self) -> bool:
+        return not self.transport.is_closing()
+
+    def send(self, data: bytes) -> None:
+        transport = self.transport
+        if transport.is_closing():
+            return
+        transport.write(data)
+        # A client that does not read would make the server hold its output without bound.
+        if transport.get_write_buffer_size() > self.state.config.max_write_buffer + len(data):
+            self.state.metrics.inc("limit_refusals_total", limit="write_buffer")
+            transport.abort()
+
+    def close(self) -> None:
+        """Close once everything written has been sent."""
+        self.transport.close()
+
+    def finish(self) -> None:
+        """Send everything written, then FIN, and close when the client does (or after a
+        grace period). Closing at once would answer the client's unread bytes with a RST,
+        which can destroy our last frame (an ERROR) before the client reads it."""
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        try:
+            transport.write_eof()
+        except OSError:  # the client is already gone
+            transport.abort()
+            return
+        self.state.loop.call_later(LINGER_SECONDS, transport.abort)
+
+    def protocol_error(self, fault: str, detail: str) -> None:
+        """Count and log a broken protocol, then drop the connection without a reply."""
+        self.state.metrics.inc("protocol_errors_total", kind=fault)
+        log_event(logging.DEBUG, "protocol_error", peer=str(self.peer), fault=fault, detail=detail)
+        self.transport.abort()

@@ -1,0 +1,63 @@
+"""What every connection of one server shares: settings, counters and who is waiting."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from cosmicai.rendezvous.auth import Authenticator
+from cosmicai.rendezvous.config import ServerConfig
+from cosmicai.rendezvous.metrics import Metrics
+from cosmicai.rendezvous.waiting import PairingBoard, WaitingLimits
+from cosmicai.rendezvous.worlds import WorldRegistry
+
+if TYPE_CHECKING:
+    from cosmicai.rendezvous.connection import Connection
+    from cosmicai.rendezvous.native_session import NativeSession
+    from cosmicai.rendezvous.tcpunch_session import TCPunchSession
+
+
+@dataclass(eq=False)
+class ServerState:
+    config: ServerConfig
+    loop: asyncio.AbstractEventLoop
+    metrics: Metrics
+    limits: WaitingLimits
+    authenticator: Authenticator | None
+    worlds: WorldRegistry
+    #: Separate namespaces: an unauthenticated TCPunch client must never pair with a native one.
+    tcpunch_board: PairingBoard[bytes, TCPunchSession] = field(init=False)
+    native_board: PairingBoard[str, NativeSession] = field(init=False)
+    connections: set[Connection] = field(default_factory=set)
+    closing: bool = False
+
+    def __post_init__(self) -> None:
+        metrics = self.metrics
+        self.tcpunch_board = PairingBoard(
+            self.limits, lambda: metrics.inc("dead_waiters_dropped_total", kind="tcpunch")
+        )
+        self.native_board = PairingBoard(
+            self.limits, lambda: metrics.inc("dead_waiters_dropped_total", kind="native")
+        )
+
+    @classmethod
+    def create(
+        cls, config: ServerConfig, loop: asyncio.AbstractEventLoop, metrics: Metrics
+    ) -> ServerState:
+        limits = WaitingLimits(config.max_waiting, config.max_waiting_per_address)
+        authenticator = (
+            None
+            if config.secret is None
+            else Authenticator(
+                config.secret, window=config.auth_window, max_nonces=config.max_nonces
+            )
+        )
+        worlds = WorldRegistry(
+            loop,
+            limits,
+            metrics,
+            max_world_size=config.max_world_size,
+            max_deadline=config.max_world_deadline,
+        )
+        return cls(config, loop, metrics, limits, authenticator, worlds)

@@ -1,0 +1,149 @@
+"""``python -m cosmicai.rendezvous serve`` as a real process: start, serve, SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from cosmicai.exceptions import RendezvousRefusedError
+from cosmicai.rendezvous.cli import app
+from cosmicai.rendezvous.client import RendezvousClient
+from cosmicai.rendezvous.messages import ErrorCode
+from cosmicai.rendezvous.tcpunch import RECORD_SIZE
+from tests.rendezvous.helpers import LOOPBACK, SECRET, async_test, connect, read_to_eof
+
+pytestmark = pytest.mark.timeout(60)
+
+SECRET_ENV = "COSMICAI_RENDEZVOUS_SECRET"
+
+
+class ServerProcess:
+    """The server in a child process, its JSON log lines read as they come."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.log: list[dict[str, Any]] = []
+
+    @classmethod
+    async def start(cls, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cosmicai.rendezvous", "serve",
+            "--host", LOOPBACK, "--port", "0", "--health-port", "0", *args,
+            stderr=subprocess.PIPE,
+            env={**os.environ, SECRET_ENV: SECRET.decode(), **(env or {})},
+        )  # fmt: skip
+        return cls(process)
+
+    async def wait_for(self, event: str, timeout: float = 20.0) -> dict[str, Any]:
+        assert self.process.stderr is not None
+        async with asyncio.timeout(timeout):
+            while True:
+                line = await self.process.stderr.readline()
+                if not line:
+                    raise AssertionError(f"server exited before {event!r}: {self.log}")
+                entry: dict[str, Any] = json.loads(line)
+                self.log.append(entry)
+                if entry["event"] == event:
+                    return entry
+
+    async def stop(self, signum: signal.Signals) -> int:
+        self.process.send_signal(signum)
+        return await self.wait_exit()
+
+    async def wait_exit(self) -> int:
+        await self.wait_for("stopped")
+        async with asyncio.timeout(10):
+            return await self.process.wait()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@async_test
+async def test_signal_stops_the_server_cleanly_and_tells_waiting_clients(
+    signum: signal.Signals,
+) -> None:
+    # GIVEN a running server with a TCPunch client and a native rank waiting
+    server = await ServerProcess.start()
+    listening = await server.wait_for("listening")
+    assert listening["auth"] is True and listening["tcpunch"] is True
+    port = listening["port"]
+    tcpunch_reader, tcpunch_writer = await connect(port)
+    tcpunch_writer.write(b"waiting-pair")
+    await tcpunch_reader.readexactly(RECORD_SIZE)
+    rank = await RendezvousClient.connect(LOOPBACK, port, secret=SECRET)
+    await rank.request_world("job", 2, 0)
+    # WHEN the process is signalled
+    server.process.send_signal(signum)
+    # THEN it tells the native client, closes the TCPunch one, and exits 0
+    with pytest.raises(RendezvousRefusedError) as refused:
+        await rank.wait_world()
+    assert refused.value.code == ErrorCode.SHUTTING_DOWN
+    await rank.close()
+    assert await read_to_eof(tcpunch_reader) == b""
+    assert await server.wait_exit() == 0
+    requested = next(e for e in server.log if e["event"] == "shutdown_requested")
+    assert requested["signal"] == signum.name
+    stopped = server.log[-1]
+    assert stopped["event"] == "stopped" and stopped["waiting_at_shutdown"] == 2
+    tcpunch_writer.close()
+
+
+@async_test
+async def test_healthcheck_command_against_a_running_server() -> None:
+    server = await ServerProcess.start()
+    listening = await server.wait_for("listening")
+    check = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cosmicai.rendezvous", "healthcheck",
+        "--health-port", str(listening["health_port"]),
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await check.communicate()
+    assert check.returncode == 0, out
+    assert b"/healthz: ok" in out
+    assert await server.stop(signal.SIGTERM) == 0
+
+
+def test_healthcheck_fails_when_nothing_answers() -> None:
+    result = CliRunner().invoke(app, ["healthcheck", "--health-port", "1", "--timeout", "1"])
+    assert result.exit_code == 1
+    assert "http://127.0.0.1:1/healthz" in result.output
+
+
+def test_serve_without_a_secret_says_how_to_give_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    result = CliRunner().invoke(app, ["serve", "--port", "0", "--health-port", "0"])
+    assert result.exit_code == 2
+    assert "no rendezvous secret" in result.output and "--no-auth" in result.output
+
+
+def test_serve_refuses_half_a_route53_configuration() -> None:
+    result = CliRunner().invoke(app, ["serve", "--route53-zone-id", "Z1"])
+    assert result.exit_code == 2
+    assert "--route53-record-name" in result.output
+
+
+def test_serve_refuses_a_short_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SECRET_ENV, "short")
+    result = CliRunner().invoke(app, ["serve", "--port", "0", "--health-port", "0"])
+    assert result.exit_code == 2
+    assert "needs at least 16" in result.output
+
+
+def test_the_server_imports_nothing_of_the_inference_stack() -> None:
+    # The container installs the package without numpy, onnxruntime and pydantic (and the
+    # server needs boto3 only for AWS features), so none of them may be imported on the way.
+    blocked = ["numpy", "onnxruntime", "pydantic", "boto3", "botocore", "rich.console"]
+    code = (
+        "import sys\n"
+        f"for name in {blocked!r}: sys.modules[name] = None\n"
+        "import cosmicai.rendezvous, cosmicai.rendezvous.cli, cosmicai.rendezvous.server\n"
+        "import cosmicai.rendezvous.route53, cosmicai.rendezvous.secret\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
