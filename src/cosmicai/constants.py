@@ -27,6 +27,9 @@ ENV_RESULTS_PREFIX = "COSMICAI_RESULTS_PREFIX"
 ENV_ARCHITECTURE = "COSMICAI_ARCHITECTURE"
 #: The Distributed Map's MaxConcurrency: a communicator needs every rank alive at once.
 ENV_MAX_CONCURRENCY = "COSMICAI_MAX_CONCURRENCY"
+#: host:port of the rendezvous server workers use to punch direct links (set by the template
+#: when RendezvousEnabled, and by the local runner, which starts one).
+ENV_RENDEZVOUS = "COSMICAI_RENDEZVOUS"
 
 DEFAULT_RUNS_PREFIX = "runs/"
 BUILTIN_MODEL_PREFIX = "builtin:"

@@ -6,7 +6,10 @@ Map's MaxConcurrency), so per-rank timings and peak memory mean what they would 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -24,9 +27,12 @@ from cosmicai.pipeline import (
     run_rank,
     summarize,
 )
-from cosmicai.storage import open_storage
+from cosmicai.request import parse_request
+from cosmicai.storage import Storage, open_storage
 
 if TYPE_CHECKING:
+    from types import TracebackType
+
     from rich.console import Console
 
     from cosmicai.request import RunRequest
@@ -39,10 +45,72 @@ class LocalRun:
     rank_errors: dict[int, str] = field(default_factory=dict)
 
 
-def _rank_process(storage_spec: str, item: dict[str, Any]) -> dict[str, Any]:
+def _rank_process(
+    storage_spec: str, item: dict[str, Any], environment: dict[str, str]
+) -> dict[str, Any]:
     """Entry point of a rank's process; returns the rank result as plain data."""
+    # Passed per task rather than set in the parent, so a secret never lingers there.
+    os.environ.update(environment)
     storage = open_storage(storage_spec)
     return run_rank(WorkItem.model_validate(item), storage).model_dump()
+
+
+class LocalRendezvous:
+    """A rendezvous server on loopback for one local run, in a thread of this process.
+
+    Entering it starts the server with a fresh secret and returns the environment the rank
+    processes need to reach it (the same variables a Lambda worker gets from the template).
+    """
+
+    def __init__(self) -> None:
+        self._secret = secrets.token_urlsafe(32)
+        self._ready = threading.Event()
+        self._stop: Any = None
+        self._loop: Any = None
+        self._port = 0
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._serve, name="rendezvous", daemon=True)
+
+    def _serve(self) -> None:
+        import asyncio
+
+        from cosmicai.rendezvous.config import ServerConfig
+        from cosmicai.rendezvous.server import RendezvousServer
+
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            config = ServerConfig(
+                host="127.0.0.1", port=0, health_port=0, secret=self._secret.encode()
+            )
+            async with RendezvousServer(config) as server:
+                self._port = server.port
+                self._ready.set()
+                await self._stop.wait()
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # reported to the thread that waits for readiness
+            self._error = exc
+            self._ready.set()
+
+    def __enter__(self) -> dict[str, str]:
+        from cosmicai.constants import ENV_RENDEZVOUS, ENV_RENDEZVOUS_SECRET
+
+        self._thread.start()
+        if not self._ready.wait(timeout=30) or self._error is not None:
+            raise CosmicAIError(f"the local rendezvous server did not start: {self._error}")
+        return {ENV_RENDEZVOUS: f"127.0.0.1:{self._port}", ENV_RENDEZVOUS_SECRET: self._secret}
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=30)
 
 
 def _rank_environment() -> None:
@@ -58,10 +126,39 @@ def run_local(
     workers: int = 2,
     console: Console | None = None,
 ) -> LocalRun:
-    """Run ``request`` end to end against ``storage_spec`` (``s3`` or a local directory)."""
+    """Run ``request`` end to end against ``storage_spec`` (``s3`` or a local directory).
+
+    With ``communicator: direct`` a rendezvous server runs on loopback for the run's ranks.
+    """
+    storage = open_storage(storage_spec)
+    environment: dict[str, str] = {}
+    if request.communicator != "off" and request.max_concurrency is None:
+        # Ranks beyond the workers would wait for peers that cannot start: let Initialize
+        # refuse that instead of hanging.
+        request = parse_request(
+            {
+                **request.model_dump(exclude_unset=True),
+                "run_id": request.run_id,
+                "max_concurrency": workers,
+            }
+        )
+    rendezvous = LocalRendezvous() if request.communicator == "direct" else None
+    with contextlib.ExitStack() as stack:
+        if rendezvous is not None:
+            environment = stack.enter_context(rendezvous)
+        return _run_stages(request, storage, storage_spec, workers, environment, console)
+
+
+def _run_stages(
+    request: RunRequest,
+    storage: Storage,
+    storage_spec: str,
+    workers: int,
+    environment: dict[str, str],
+    console: Console | None,
+) -> LocalRun:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    storage = open_storage(storage_spec)
     errors: dict[int, str] = {}
     columns = (
         "[progress.description]{task.description}",
@@ -94,7 +191,7 @@ def run_local(
             initializer=_rank_environment,
         ) as pool:
             pending: dict[Future[dict[str, Any]], int] = {
-                pool.submit(_rank_process, storage_spec, item.model_dump()): item.rank
+                pool.submit(_rank_process, storage_spec, item.model_dump(), environment): item.rank
                 for item in items
             }
             while pending:

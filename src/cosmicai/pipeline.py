@@ -120,6 +120,20 @@ class RankResult(BaseModel):
     s3_requests: dict[str, int] = Field(default_factory=dict)
     predictions_key: str | None = None
     error: str | None = None
+    communicator: CommOutcome | None = None
+
+
+class CommOutcome(BaseModel):
+    """How a rank's part in the worker-to-worker reduction went."""
+
+    mode: str
+    status: Literal["ok", "degraded"]
+    note: str = ""
+    #: Links per channel kind, e.g. {"tcp": 2, "store": 1}.
+    links: dict[str, int] = Field(default_factory=dict)
+    seconds: float = 0.0
+    #: Why the reduction did not finish; Summarize then reads every rank's result instead.
+    reason: str | None = None
 
 
 class RankRow(BaseModel):
@@ -148,6 +162,14 @@ class Performance(BaseModel):
     cost: CostEstimate
 
 
+class CommSummary(BaseModel):
+    mode: str
+    #: Links per channel kind over all ranks (each link counted from both ends).
+    links: dict[str, int]
+    #: Ranks whose part in the reduction failed, and why.
+    degraded_ranks: dict[int, str]
+
+
 class Summary(BaseModel):
     run_id: str
     status: Literal["ok", "partial", "failed"]
@@ -159,6 +181,12 @@ class Summary(BaseModel):
     samples_with_redshift: int
     bytes: int
     metrics: RedshiftMetrics | None
+    metrics_source: Literal["rank results", "communicator"] = Field(
+        default="rank results",
+        description="Whether the metrics came from the workers' own reduction (reduced.json) "
+        "or from reading every rank's predictions.",
+    )
+    communicator: CommSummary | None = None
     baseline_mean_mae: float | None = Field(
         description="MAE of always predicting the mean true redshift, for comparison."
     )
@@ -343,7 +371,12 @@ def run_rank(item: WorkItem, storage: Storage) -> RankResult:
     timings = Timings()
     n_partitions = n_samples = n_bytes = 0
 
-    def result(status: Literal["ok", "failed"], **outcome: str) -> RankResult:
+    def result(
+        status: Literal["ok", "failed"],
+        *,
+        predictions_key: str | None = None,
+        error: str | None = None,
+    ) -> RankResult:
         timings.total_s = time.perf_counter() - start
         return RankResult(
             run_id=item.run_id,
@@ -358,7 +391,8 @@ def run_rank(item: WorkItem, storage: Storage) -> RankResult:
             finished_at=time.time(),
             peak_rss_mb=peak_rss_mb(),
             s3_requests=dict(storage.requests),
-            **outcome,
+            predictions_key=predictions_key,
+            error=error,
         )
 
     result_key = _key(_rank_prefix(item.run_prefix, item.rank), "result.json")
@@ -415,7 +449,6 @@ def run_rank(item: WorkItem, storage: Storage) -> RankResult:
         if previous and previous != predictions_key:
             # The new result no longer points at it; removing it is tidiness, not safety.
             storage.delete(item.bucket, previous)
-        return done
     except Exception as exc:
         message = str(exc) if isinstance(exc, CosmicAIError) else f"{type(exc).__name__}: {exc}"
         failed = result("failed", error=message)
@@ -425,6 +458,17 @@ def run_rank(item: WorkItem, storage: Storage) -> RankResult:
         except CosmicAIError:
             pass  # the original error is the one worth reporting
         raise RankFailedError(f"rank {item.rank} failed: {message}") from exc
+    if request.communicator == "off":
+        return done
+    # After the rank's own result is written: a failed collective loses nothing, it only
+    # sends Summarize back to reading every rank's result.
+    from cosmicai.reduction import reduce_with_peers
+
+    done = done.model_copy(
+        update={"communicator": reduce_with_peers(item, request, storage, predictions)}
+    )
+    _put_json(storage, item.bucket, result_key, done)
+    return done
 
 
 def _dtype(name: str) -> np.dtype[Any]:
@@ -507,6 +551,32 @@ def summarize(
     metrics = redshift_metrics(merged["redshift"], merged["z_pred"])
     known = merged["redshift"][np.isfinite(merged["redshift"])].astype(np.float64)
     baseline = float(np.mean(np.abs(known - known.mean()))) if known.size else None
+    metrics_source: Literal["rank results", "communicator"] = "rank results"
+    comm_summary = None
+    if request.communicator != "off":
+        from cosmicai.reduction import read_reduced
+
+        reduced = read_reduced(storage, pointer.bucket, pointer.run_prefix)
+        # Only a reduction that covers exactly the samples Summarize sees stands for them.
+        if (
+            reduced is not None
+            and not failed
+            and reduced.world_size == plan.world_size
+            and reduced.samples == len(merged["z_pred"])
+            and reduced.samples_with_redshift == known.size
+        ):
+            metrics, metrics_source = reduced.metrics, "communicator"
+        links: Counter[str] = Counter()
+        degraded = {}
+        for rank, r in sorted(results.items()):
+            if r.communicator is None:
+                continue
+            links.update(r.communicator.links)
+            if r.communicator.status != "ok":
+                degraded[rank] = r.communicator.reason or "degraded"
+        comm_summary = CommSummary(
+            mode=request.communicator, links=dict(links), degraded_ranks=degraded
+        )
 
     rows = [_row(rank, results.get(rank), failed.get(rank)) for rank in range(plan.world_size)]
     reported = [r for r in results.values()]
@@ -554,6 +624,8 @@ def summarize(
         samples_with_redshift=int(known.size),
         bytes=data_bytes,
         metrics=metrics,
+        metrics_source=metrics_source,
+        communicator=comm_summary,
         baseline_mean_mae=baseline,
         performance=performance,
         ranks=rows,

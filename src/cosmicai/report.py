@@ -44,7 +44,19 @@ def _metric_rows(summary: Summary) -> list[tuple[str, str]]:
     ]
     if summary.baseline_mean_mae is not None:
         rows.append(("MAE of predicting mean z", f"{summary.baseline_mean_mae:.4f}"))
+    rows.append(("computed from", _source(summary)))
     return rows
+
+
+def _source(summary: Summary) -> str:
+    comm = summary.communicator
+    if comm is None:
+        return summary.metrics_source
+    links = ", ".join(f"{n} {kind}" for kind, n in sorted(comm.links.items())) or "no links"
+    text = f"{summary.metrics_source} (communicator {comm.mode}: {links} link ends)"
+    if comm.degraded_ranks:
+        text += f"; reduction degraded on rank(s) {', '.join(map(str, comm.degraded_ranks))}"
+    return text
 
 
 def _performance_rows(summary: Summary) -> list[tuple[str, str]]:

@@ -88,3 +88,54 @@ def test_run_against_s3_through_the_endpoint_url(s3_endpoint: str, tmp_path: Pat
     assert f"{request.run_prefix}summary.json" in keys
     assert f"{request.run_prefix}ranks/00001/result.json" in keys
     assert run.summary.performance.cost.s3_requests > 0
+
+
+@pytest.fixture(scope="module")
+def rendered_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 partitions of rendered test galaxies in a local store (shared by the tests below)."""
+    from cosmicai.storage import parse_location
+
+    store = tmp_path_factory.mktemp("comm") / "store"
+    synthesize(
+        parse_location(str(store / "survey" / "p")),
+        size_bytes=4 * 30 * BYTES_PER_SAMPLE,
+        partition_bytes=30 * BYTES_PER_SAMPLE,
+        processes=1,
+    )
+    return store
+
+
+@pytest.mark.parametrize("mode", ["store", "direct"])
+def test_communicator_gives_the_same_metrics(rendered_store: Path, mode: str) -> None:
+    # GIVEN one run without the communicator and one with it, over the same 4 ranks
+    base = {"bucket": "survey", "data_prefix": "p", "world_size": 4}
+    without = run_local(
+        parse_request({**base, "run_id": f"plain-{mode}"}), str(rendered_store), workers=4
+    )
+    # WHEN the ranks reduce the metrics themselves
+    run = run_local(
+        parse_request({**base, "run_id": f"comm-{mode}", "communicator": mode}),
+        str(rendered_store),
+        workers=4,
+    )
+    # THEN Summarize took the workers' reduction, and it equals the per-rank computation
+    summary = run.summary
+    assert summary.status == "ok"
+    assert summary.metrics_source == "communicator"
+    assert summary.communicator is not None and not summary.communicator.degraded_ranks
+    assert summary.metrics is not None and without.summary.metrics is not None
+    for name, value in without.summary.metrics.model_dump().items():
+        assert getattr(summary.metrics, name) == pytest.approx(value, rel=1e-9, abs=1e-15), name
+    # and the links used the channel the mode asks for
+    kinds = set(summary.communicator.links)
+    assert kinds == ({"store"} if mode == "store" else {"tcp"})
+
+
+def test_communicator_needs_every_rank_running(rendered_store: Path) -> None:
+    from cosmicai.exceptions import PlanError
+
+    request = parse_request(
+        {"bucket": "survey", "data_prefix": "p", "world_size": 4, "communicator": "store"}
+    )
+    with pytest.raises(PlanError, match="at most 2 can run"):
+        run_local(request, str(rendered_store), workers=2)

@@ -129,6 +129,13 @@ def worker_stage(
         metrics.add_metric("InferenceSeconds", "Seconds", result.timings.inference_s)
         metrics.add_metric("ReadSeconds", "Seconds", result.timings.read_s)
         metrics.add_metric("PeakRSS", "Megabytes", result.peak_rss_mb)
+    if result.communicator is not None:
+        if logger:
+            logger.info("reduction with peers", extra=result.communicator.model_dump())
+        if metrics:
+            metrics.add_metric("ReductionSeconds", "Seconds", result.communicator.seconds)
+            degraded = int(result.communicator.status != "ok")
+            metrics.add_metric("DegradedReductions", "Count", degraded)
     # Small on purpose: the Map collects these, and the full result is in S3.
     return {
         "rank": result.rank,
