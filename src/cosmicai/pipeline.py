@@ -396,6 +396,7 @@ def run_rank(item: WorkItem, storage: Storage) -> RankResult:
         )
 
     result_key = _key(_rank_prefix(item.run_prefix, item.rank), "result.json")
+    request: RunRequest | None = None
     try:
         plan = load_plan(storage, item.bucket, item.run_prefix)
         if item.rank >= plan.world_size or item.world_size != plan.world_size:
@@ -457,6 +458,14 @@ def run_rank(item: WorkItem, storage: Storage) -> RankResult:
                 _put_json(storage, item.bucket, result_key, failed)
         except CosmicAIError:
             pass  # the original error is the one worth reporting
+        if request is not None and request.communicator != "off":
+            # Still take part, with nothing to contribute: the peers' collectives then end
+            # at once instead of waiting out their deadline for a rank that will never come
+            # (Summarize ignores a reduction that misses a failed rank's samples anyway).
+            from cosmicai.reduction import reduce_with_peers
+
+            empty = {name: np.zeros(0, _dtype(kind)) for name, (kind, _) in _PREDICTIONS.items()}
+            reduce_with_peers(item, request, storage, empty)
         raise RankFailedError(f"rank {item.rank} failed: {message}") from exc
     if request.communicator == "off":
         return done

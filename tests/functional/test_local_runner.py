@@ -139,3 +139,35 @@ def test_communicator_needs_every_rank_running(rendered_store: Path) -> None:
     )
     with pytest.raises(PlanError, match="at most 2 can run"):
         run_local(request, str(rendered_store), workers=2)
+
+
+def test_failed_rank_still_lets_its_peers_finish_the_reduction(
+    rendered_store: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    # GIVEN a copy of the dataset with partition 3 corrupt
+    store = tmp_path / "store"
+    shutil.copytree(rendered_store, store)
+    (store / "survey" / "p" / "3.safetensors").write_bytes(b"corrupt")
+    request = parse_request(
+        {
+            "bucket": "survey",
+            "data_prefix": "p",
+            "world_size": 4,
+            "communicator": "store",
+            "run_id": "one-fails",
+        }
+    )
+    # WHEN the run executes
+    run = run_local(request, str(store), workers=4)
+    # THEN rank 2 failed and is named, the others' collectives completed (the failed rank
+    # took part with nothing rather than leaving them to time out), and the metrics come
+    # from the rank results, which cover exactly the samples that were predicted
+    summary = run.summary
+    assert summary.status == "partial"
+    assert list(summary.failed_ranks) == [2]
+    assert summary.metrics_source == "rank results"
+    assert summary.communicator is not None
+    assert summary.communicator.degraded_ranks == {}
+    assert summary.samples == 3 * 30
