@@ -94,12 +94,7 @@ class StaticTcpLinks:
         max_payload: int | None = None,
         handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT,
     ) -> None:
-        if len(endpoints) != size:
-            raise ValueError(f"{len(endpoints)} endpoints given for a world of size {size}")
-        if not 0 <= rank < size:
-            raise ValueError(f"rank {rank} is outside the world of size {size}")
-        if len(key) < MIN_KEY_BYTES:
-            raise ValueError(f"the job key must be at least {MIN_KEY_BYTES} bytes")
+        check_world(rank, size, key, len(endpoints), "endpoints")
         self._rank = rank
         self.size = size
         self.endpoints = list(endpoints)
@@ -265,6 +260,16 @@ class StaticTcpLinks:
         os.close(self._wake_write)
         for channel in unclaimed:
             channel.close()
+
+
+def check_world(rank: int, size: int, key: bytes, records: int, what: str) -> None:
+    """The checks every direct-link maker makes of its world before binding anything."""
+    if records != size:
+        raise ValueError(f"{records} {what} given for a world of size {size}")
+    if not 0 <= rank < size:
+        raise ValueError(f"rank {rank} is outside the world of size {size}")
+    if len(key) < MIN_KEY_BYTES:
+        raise ValueError(f"the job key must be at least {MIN_KEY_BYTES} bytes")
 
 
 def loopback_listeners(size: int, host: str = "127.0.0.1") -> list[socket.socket]:

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from cosmicai.comm.channel import Channel, TcpChannel
 from cosmicai.comm.frames import max_frame_bytes
 from cosmicai.comm.handshake import MIN_KEY_BYTES, authenticate_link
-from cosmicai.comm.links import Endpoint, LinkMaker
+from cosmicai.comm.links import Endpoint, LinkMaker, check_world
 from cosmicai.exceptions import (
     CommError,
     CommTimeoutError,
@@ -221,12 +221,7 @@ class PunchLinks:
         attempt_timeout_s: float = DEFAULT_ATTEMPT_TIMEOUT,
         on_close: Callable[[], None] | None = None,
     ) -> None:
-        if len(peers) != size:
-            raise ValueError(f"{len(peers)} peer records given for a world of size {size}")
-        if not 0 <= rank < size:
-            raise ValueError(f"rank {rank} is outside the world of size {size}")
-        if len(key) < MIN_KEY_BYTES:
-            raise ValueError(f"the job key must be at least {MIN_KEY_BYTES} bytes")
+        check_world(rank, size, key, len(peers), "peer records")
         self._rank = rank
         self.size = size
         self.peers = list(peers)
