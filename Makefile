@@ -20,7 +20,7 @@ STAMP_SAM := $(SAM_VENV)/.stamp-$(subst =,-,$(SAM_CLI_SPEC))
 $(STAMP_RUN):
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e '.[plots]'
 	touch $@
 
 $(STAMP_DEV): $(STAMP_RUN)

@@ -641,8 +641,14 @@ def summarize(
         ignored_fields=list(request.ignored_fields),
         outputs=outputs,
     )
+    from cosmicai import plots
     from cosmicai.report import predictions_csv, summary_markdown
 
+    if plots.available():
+        for name, png in plots.run_figures(summary, merged, reported).items():
+            key = _key(pointer.run_prefix, f"plots/{name}")
+            storage.put(pointer.bucket, key, png)
+            summary.outputs[f"plot_{name.removesuffix('.png')}"] = key
     storage.put(pointer.bucket, outputs["predictions_csv"], predictions_csv(merged))
     storage.put(pointer.bucket, outputs["summary_md"], summary_markdown(summary).encode())
     _put_json(storage, pointer.bucket, outputs["summary_json"], summary)

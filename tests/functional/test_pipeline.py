@@ -203,3 +203,24 @@ def test_unlabelled_data_is_predicted_without_metrics(
     assert summary.samples == 10
     assert summary.samples_with_redshift == 0
     assert summary.metrics is None
+
+
+def test_summary_draws_its_figures(local_storage: LocalStorage, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="figures need the plots extra")
+    for n in (1, 2):
+        local_storage.put(
+            BUCKET,
+            f"data/{n}.safetensors",
+            encode_partition(make_partition(30, first_id=100 * n, seed=n)),
+        )
+    model = tmp_path / "m.onnx"
+    model.write_bytes(linear_model())
+    pointer = _start(local_storage, str(model), world_size=2)
+    for rank in (0, 1):
+        run_rank(_item(pointer, rank), local_storage)
+    summary = summarize(pointer, local_storage)
+    for name in ("plot_redshift", "plot_timeline"):
+        png = local_storage.get(BUCKET, summary.outputs[name])
+        assert png[:8] == b"\x89PNG\r\n\x1a\n", name
+    stored = json.loads(local_storage.get(BUCKET, summary.outputs["summary_json"]))
+    assert stored["outputs"]["plot_timeline"].endswith("plots/timeline.png")

@@ -1,0 +1,95 @@
+"""Figures of a run: predicted against true redshift, the Δz distribution, and a timeline of
+the ranks (when each ran, for how long, whether it failed) — the picture of a Map's
+stragglers and cold starts that a table hides.
+
+matplotlib is an optional extra (``cosmicai[plots]``); without it Summarize writes no figures
+and says so. The Lambda layer leaves it out to keep the functions small.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from cosmicai.pipeline import RankResult, Summary
+
+
+def available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_figures(
+    summary: Summary,
+    predictions: Mapping[str, np.ndarray[Any, Any]],
+    results: Sequence[RankResult],
+) -> dict[str, bytes]:
+    """PNG files by name: ``redshift.png``, ``timeline.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on Lambda or CI
+    import matplotlib.pyplot as plt
+
+    figures: dict[str, bytes] = {}
+    z = np.asarray(predictions["redshift"], dtype=np.float64)
+    pred = np.asarray(predictions["z_pred"], dtype=np.float64)
+    known = np.isfinite(z)
+    if known.any():
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+        top = float(max(z[known].max(), pred[known].max())) * 1.05
+        left.hexbin(
+            z[known],
+            pred[known],
+            gridsize=60,
+            bins="log",
+            cmap="viridis",
+            extent=(0, top, 0, top),
+            mincnt=1,
+        )
+        left.plot([0, top], [0, top], color="white", lw=1, ls="--")
+        left.set(
+            xlabel="spectroscopic z", ylabel="predicted z", title=f"{int(known.sum()):,} galaxies"
+        )
+        dz = (pred[known] - z[known]) / (1 + z[known])
+        right.hist(dz, bins=80, color="tab:blue")
+        m = summary.metrics
+        if m is not None:
+            right.set_title(f"Δz: bias {m.bias:+.4f}, NMAD {m.nmad:.4f}, MAE {m.mae:.4f}")
+        right.set(xlabel="Δz = (z_pred − z) / (1 + z)", ylabel="galaxies")
+        fig.suptitle(f"run {summary.run_id}")
+        figures["redshift.png"] = _png(fig)
+        plt.close(fig)
+    if results:
+        fig, ax = plt.subplots(figsize=(10, max(2.5, 0.22 * len(results) + 1.2)))
+        origin = min(r.started_at for r in results)
+        for r in results:
+            colour = "tab:green" if r.status == "ok" else "tab:red"
+            ax.barh(
+                r.rank,
+                r.finished_at - r.started_at,
+                left=r.started_at - origin,
+                color=colour,
+                height=0.8,
+            )
+        ax.set(
+            xlabel="seconds since the first rank started",
+            ylabel="rank",
+            title=f"ranks (Map wall-clock {summary.performance.map_wall_s:.2f} s)",
+        )
+        ax.invert_yaxis()
+        figures["timeline.png"] = _png(fig)
+        plt.close(fig)
+    return figures
+
+
+def _png(fig: Any) -> bytes:
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=100, bbox_inches="tight")
+    return out.getvalue()
