@@ -266,11 +266,8 @@ class RendezvousClient:
         request = self._request
         if self._pending != "pair" or not isinstance(request, Pair):
             raise RendezvousError("wait_peer() without a pending request_pair()")
-        message = await self._wait_result()
-        self._expect(message, Peer)
-        assert isinstance(message, Peer)
-        assert self.public_endpoint is not None
-        self._pending = self._request = None
+        message = await self._finish(Peer)
+        assert isinstance(message, Peer) and self.public_endpoint is not None
         return PairResult(request.name, self.public_endpoint, message.public, message.private)
 
     async def pair(
@@ -301,11 +298,8 @@ class RendezvousClient:
         request = self._request
         if self._pending != "world" or not isinstance(request, Register):
             raise RendezvousError("wait_world() without a pending request_world()")
-        message = await self._wait_result()
-        self._expect(message, World)
-        assert isinstance(message, World)
-        assert self.public_endpoint is not None
-        self._pending = self._request = None
+        message = await self._finish(World)
+        assert isinstance(message, World) and self.public_endpoint is not None
         records = message.records
         if [record.rank for record in records] != list(range(request.world_size)):
             raise RendezvousProtocolError(
@@ -346,6 +340,13 @@ class RendezvousClient:
         )
         self.public_endpoint = message.public
         return message.public
+
+    async def _finish(self, kind: type[Message]) -> Message:
+        """The pending request's answer, which must be ``kind``; the request is then done."""
+        message = await self._wait_result()
+        self._expect(message, kind)
+        self._pending = self._request = None
+        return message
 
     async def _read_by_deadline(self) -> Message:
         left = self._deadline - asyncio.get_running_loop().time()
