@@ -22,17 +22,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +41,8 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 from tests.netns.topology import NatTopology, check_environment, read_line, two_nats  # noqa: E402
+
+from cosmicai.bench.machine import machine  # noqa: E402
 
 SECRET = b"punch-benchmark-deployment-secret"
 SCRIPT = ["benchmarks/punch_bench.py"]
@@ -222,32 +221,6 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def machine() -> dict[str, Any]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    nft = "unknown"
-    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-        nft = subprocess.run(
-            ["nft", "--version"], capture_output=True, text=True, timeout=10, check=False
-        ).stdout.strip()
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "kernel": platform.release(),
-        "nftables": nft,
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-    }
-
-
 def render(report: dict[str, Any]) -> str:
     info = report["machine"]
     lines = [
@@ -321,7 +294,11 @@ def benchmark(rounds: int, write: bool) -> int:
     if reason is not None:
         print(f"punch benchmark skipped: {reason}")
         return 0
-    report: dict[str, Any] = {"machine": machine(), "settings": {"rounds": rounds}, "series": []}
+    report: dict[str, Any] = {
+        "machine": machine(tools={"nftables": ["nft", "--version"]}),
+        "settings": {"rounds": rounds},
+        "series": [],
+    }
     with NatTopology(two_nats("cone")) as topology:
         server_process, server = start_server(topology)
         try:

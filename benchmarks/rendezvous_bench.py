@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import resource
 import signal
@@ -38,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cosmicai.bench.machine import machine
 from cosmicai.rendezvous.auth import make_auth
 from cosmicai.rendezvous.endpoint import Endpoint
 from cosmicai.rendezvous.framing import DEFAULT_MAX_RESPONSE_FRAME, PREAMBLE, FrameDecoder
@@ -414,26 +414,6 @@ async def world(ranks: int) -> WorldResult:
         server.stop()
 
 
-def machine() -> dict[str, Any]:
-    model = "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "kernel": platform.release(),
-        "open_file_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "note": "2 vCPU shared with other work; server and clients on the same 2 vCPUs",
-    }
-
-
 def _rate(rate: float) -> str:
     return "all at once" if rate >= 1e8 else f"{rate:,.0f}/s"
 
@@ -570,7 +550,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
         "command": "python benchmarks/rendezvous_bench.py " + " ".join(sys.argv[1:]),
-        "machine": machine(),
+        "machine": machine(
+            note="2 vCPU shared with other work; server and clients on the same 2 vCPUs"
+        ),
         "client_event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
     }
     # The machine is shared: each headline scenario runs `repeat` times and the run with the

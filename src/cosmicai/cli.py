@@ -32,6 +32,13 @@ aws_app = typer.Typer(
 )
 app.add_typer(aws_app, name="aws")
 app.add_typer(rendezvous_app, name="rendezvous")
+model_app = typer.Typer(help="Export, quantize and check models.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+bench_app = typer.Typer(
+    help="Benchmarks; figures go to JSON + markdown with the machine described.",
+    no_args_is_help=True,
+)
+app.add_typer(bench_app, name="bench")
 
 console = Console()
 err_console = Console(stderr=True)
