@@ -17,17 +17,11 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from typing import TYPE_CHECKING, Any
 
+from cosmicai.constants import ENV_RENDEZVOUS, ENV_RENDEZVOUS_SECRET
 from cosmicai.exceptions import CosmicAIError
-from cosmicai.pipeline import (
-    RunPointer,
-    Summary,
-    WorkItem,
-    initialize,
-    load_plan,
-    run_rank,
-    summarize,
-)
+from cosmicai.pipeline import initialize, load_manifest, run_rank, summarize
 from cosmicai.request import parse_request
+from cosmicai.run_types import RunPointer, Summary, WorkItem
 from cosmicai.storage import Storage, open_storage
 
 if TYPE_CHECKING:
@@ -74,6 +68,7 @@ class LocalRendezvous:
     def _serve(self) -> None:
         import asyncio
 
+        # Only direct-mode runs need the server: other runs never load it.
         from cosmicai.rendezvous.config import ServerConfig
         from cosmicai.rendezvous.server import RendezvousServer
 
@@ -95,8 +90,6 @@ class LocalRendezvous:
             self._ready.set()
 
     def __enter__(self) -> dict[str, str]:
-        from cosmicai.constants import ENV_RENDEZVOUS, ENV_RENDEZVOUS_SECRET
-
         self._thread.start()
         if not self._ready.wait(timeout=30) or self._error is not None:
             raise CosmicAIError(f"the local rendezvous server did not start: {self._error}")
@@ -172,17 +165,8 @@ def _run_stages(
         pointer = initialize(request, storage)
         init_s = time.perf_counter() - t0
         bar.advance(stage)
-        plan = load_plan(storage, pointer.bucket, pointer.run_prefix)
-        items = [
-            WorkItem(
-                run_id=pointer.run_id,
-                bucket=pointer.bucket,
-                run_prefix=pointer.run_prefix,
-                rank=rank,
-                world_size=plan.world_size,
-            )
-            for rank in range(plan.world_size)
-        ]
+        # The ranks come from the manifest Initialize wrote, as the Map's ItemReader reads them.
+        items = load_manifest(storage, pointer)
         stage = bar.add_task("Distributed Test", total=len(items))
         with ProcessPoolExecutor(
             max_workers=max(1, min(workers, len(items))),

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from cosmicai.constants import BUILTIN_MODEL_PREFIX
 from cosmicai.exceptions import CosmicAIError, ModelError
-
-if TYPE_CHECKING:
-    from cosmicai.storage import Storage
+from cosmicai.storage import S3Storage, Storage
 
 
 def builtin_models() -> dict[str, Path]:
@@ -43,8 +41,6 @@ def load_model_bytes(spec: str, storage: Storage | None = None) -> bytes:
             raise ModelError(f"unknown built-in model {name!r}; have {sorted(models)}")
         return models[name].read_bytes()
     if spec.startswith("s3://"):
-        from cosmicai.storage import S3Storage
-
         bucket, _, key = spec[len("s3://") :].partition("/")
         s3 = storage if isinstance(storage, S3Storage) else S3Storage()
         try:

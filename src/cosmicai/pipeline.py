@@ -1,15 +1,9 @@
 """The three stages of a run: initialize, worker (one per rank) and summarize.
 
 They are plain functions of (event, storage). The Lambda handlers and the local runner call the
-same functions; nothing here knows where it runs. Everything a run writes lives below its own
-prefix ``<result_path><run_id>/`` in the request's bucket:
-
-    request.json                     the normalised request
-    plan.json                        ranks and their partitions
-    manifest.json                    one small item per rank (the Distributed Map's ItemReader)
-    ranks/<rank>/result.json         a rank's result; written last, it is the rank's commit
-    ranks/<rank>/predictions-<attempt>.safetensors
-    summary.json, summary.md, predictions.csv
+same functions; nothing here knows where it runs. What the stages hand each other and where a
+run keeps its objects (:class:`~cosmicai.run_types.RunLayout`) live in
+:mod:`cosmicai.run_types`.
 """
 
 from __future__ import annotations
@@ -23,15 +17,11 @@ from collections import Counter
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
-from cosmicai.cost import CostEstimate, billed_ms, estimate_cost
-from cosmicai.data.format import (
-    decode_partition,
-    decode_tensors,
-    encode_tensors,
-    join_key,
-)
+from cosmicai import plots
+from cosmicai.cost import billed_ms, estimate_cost
+from cosmicai.data.format import decode_partition, decode_tensors, encode_tensors
 from cosmicai.data.partitioner import DATASET_INDEX, list_numbered
 from cosmicai.exceptions import (
     CosmicAIError,
@@ -40,168 +30,29 @@ from cosmicai.exceptions import (
     PlanError,
     RankFailedError,
 )
-from cosmicai.metrics import RedshiftMetrics, redshift_metrics
+from cosmicai.metrics import redshift_metrics
 from cosmicai.model import get_model
+from cosmicai.reduction import read_reduced, reduce_with_peers
+from cosmicai.report import predictions_csv, summary_markdown
 from cosmicai.request import RunRequest
-from cosmicai.storage import Storage
-
-# -- contracts between the stages ---------------------------------------------------------
-
-
-class PartitionRef(BaseModel):
-    key: str
-    number: int
-    bytes: int
-    samples: int | None = None
-
-
-class RankPlan(BaseModel):
-    rank: int
-    partitions: list[PartitionRef]
-
-    @property
-    def bytes(self) -> int:
-        return sum(p.bytes for p in self.partitions)
-
-
-class Plan(BaseModel):
-    run_id: str
-    request: RunRequest
-    data_bucket: str
-    world_size: int
-    ranks: list[RankPlan]
-    partitions: int
-    bytes: int
-    samples: int | None = Field(description="Known when the dataset has an index.")
-
-
-class RunPointer(BaseModel):
-    """What Initialize returns: small, so it fits any state payload."""
-
-    run_id: str
-    bucket: str
-    run_prefix: str
-    plan_key: str
-    manifest_key: str
-    world_size: int
-    partitions: int
-    bytes: int
-
-
-class WorkItem(BaseModel):
-    """One item of the Distributed Map: which rank of which run to work on."""
-
-    run_id: str
-    bucket: str
-    run_prefix: str
-    rank: int = Field(ge=0)
-    world_size: int = Field(ge=1)
-
-
-class Timings(BaseModel):
-    read_s: float = 0.0
-    inference_s: float = 0.0
-    write_s: float = 0.0
-    total_s: float = 0.0
-
-
-class RankResult(BaseModel):
-    run_id: str
-    rank: int
-    status: Literal["ok", "failed"]
-    attempt: str
-    partitions: int = 0
-    samples: int = 0
-    bytes: int = 0
-    timings: Timings = Field(default_factory=Timings)
-    started_at: float
-    finished_at: float
-    peak_rss_mb: float
-    s3_requests: dict[str, int] = Field(default_factory=dict)
-    predictions_key: str | None = None
-    error: str | None = None
-    communicator: CommOutcome | None = None
-
-
-class CommOutcome(BaseModel):
-    """How a rank's part in the worker-to-worker reduction went."""
-
-    mode: str
-    status: Literal["ok", "degraded"]
-    note: str = ""
-    #: Links per channel kind, e.g. {"tcp": 2, "store": 1}.
-    links: dict[str, int] = Field(default_factory=dict)
-    seconds: float = 0.0
-    #: Why the reduction did not finish; Summarize then reads every rank's result instead.
-    reason: str | None = None
-
-
-class RankRow(BaseModel):
-    rank: int
-    status: str
-    partitions: int
-    samples: int
-    bytes: int
-    read_s: float
-    inference_s: float
-    write_s: float
-    total_s: float
-    billed_ms: int
-    peak_rss_mb: float
-    error: str | None = None
-
-
-class Performance(BaseModel):
-    map_wall_s: float
-    samples_per_s: float
-    gbit_per_s: float
-    max_rank_s: float
-    mean_rank_s: float
-    max_peak_rss_mb: float
-    memory_mb: int
-    cost: CostEstimate
-
-
-class CommSummary(BaseModel):
-    mode: str
-    #: Links per channel kind over all ranks (each link counted from both ends).
-    links: dict[str, int]
-    #: Ranks whose part in the reduction failed, and why.
-    degraded_ranks: dict[int, str]
-
-
-class Summary(BaseModel):
-    run_id: str
-    status: Literal["ok", "partial", "failed"]
-    world_size: int
-    ranks_ok: int
-    failed_ranks: dict[int, str]
-    partitions: int
-    samples: int
-    samples_with_redshift: int
-    bytes: int
-    metrics: RedshiftMetrics | None
-    metrics_source: Literal["rank results", "communicator"] = Field(
-        default="rank results",
-        description="Whether the metrics came from the workers' own reduction (reduced.json) "
-        "or from reading every rank's predictions.",
-    )
-    communicator: CommSummary | None = None
-    baseline_mean_mae: float | None = Field(
-        description="MAE of always predicting the mean true redshift, for comparison."
-    )
-    performance: Performance
-    ranks: list[RankRow]
-    ignored_fields: list[str]
-    outputs: dict[str, str]
-
-
-def _key(run_prefix: str, name: str) -> str:
-    return join_key(run_prefix, name)
-
-
-def _rank_prefix(run_prefix: str, rank: int) -> str:
-    return _key(run_prefix, f"ranks/{rank:05d}/")
+from cosmicai.run_types import (
+    PREDICTIONS,
+    CommSummary,
+    PartitionRef,
+    Performance,
+    Plan,
+    RankPlan,
+    RankResult,
+    RankRow,
+    RunLayout,
+    RunPointer,
+    Summary,
+    Timings,
+    WorkItem,
+    empty_predictions,
+    prediction_dtype,
+)
+from cosmicai.storage import Storage, join_key
 
 
 def _put_json(storage: Storage, bucket: str, key: str, value: BaseModel | Any) -> None:
@@ -316,46 +167,39 @@ def make_plan(request: RunRequest, storage: Storage) -> Plan:
 def initialize(request: RunRequest, storage: Storage) -> RunPointer:
     """Plan the run and write its plan and item manifest below the run's own prefix."""
     plan = make_plan(request, storage)
-    prefix = request.run_prefix
+    layout = RunLayout(request.run_prefix)
     pointer = RunPointer(
         run_id=request.run_id,
         bucket=request.bucket,
-        run_prefix=prefix,
-        plan_key=_key(prefix, "plan.json"),
-        manifest_key=_key(prefix, "manifest.json"),
+        run_prefix=layout.run_prefix,
+        plan_key=layout.plan,
+        manifest_key=layout.manifest,
         world_size=plan.world_size,
         partitions=plan.partitions,
         bytes=plan.bytes,
     )
-    items = [
-        WorkItem(
-            run_id=request.run_id,
-            bucket=request.bucket,
-            run_prefix=prefix,
-            rank=rank,
-            world_size=plan.world_size,
-        ).model_dump()
-        for rank in range(plan.world_size)
-    ]
-    _put_json(storage, request.bucket, _key(prefix, "request.json"), request)
+    items = [item.model_dump() for item in pointer.work_items()]
+    _put_json(storage, request.bucket, layout.request, request)
     _put_json(storage, request.bucket, pointer.plan_key, plan)
     _put_json(storage, request.bucket, pointer.manifest_key, items)
     return pointer
 
 
 def load_plan(storage: Storage, bucket: str, run_prefix: str) -> Plan:
-    plan: Plan = _parse(Plan, _load_json(storage, bucket, _key(run_prefix, "plan.json")), "plan")
+    plan: Plan = _parse(Plan, _load_json(storage, bucket, RunLayout(run_prefix).plan), "plan")
     return plan
 
 
-# -- Worker --------------------------------------------------------------------------------
+def load_manifest(storage: Storage, pointer: RunPointer) -> list[WorkItem]:
+    """The Distributed Map's items, as Initialize wrote them (the local runner reads them
+    the way the Map's ItemReader does)."""
+    data = _load_json(storage, pointer.bucket, pointer.manifest_key)
+    if not isinstance(data, list):
+        raise CosmicAIError(f"{pointer.bucket}/{pointer.manifest_key} is not a list of items")
+    return [parse_work_item(item) for item in data]
 
-_PREDICTIONS = {
-    "object_id": ("I64", ()),
-    "z_pred": ("F32", ()),
-    "redshift": ("F32", ()),
-    "partition": ("I32", ()),
-}
+
+# -- Worker --------------------------------------------------------------------------------
 
 
 def run_rank(item: WorkItem, storage: Storage) -> RankResult:
@@ -395,7 +239,8 @@ def run_rank(item: WorkItem, storage: Storage) -> RankResult:
             error=error,
         )
 
-    result_key = _key(_rank_prefix(item.run_prefix, item.rank), "result.json")
+    layout = RunLayout(item.run_prefix)
+    result_key = layout.rank_result(item.rank)
     request: RunRequest | None = None
     try:
         plan = load_plan(storage, item.bucket, item.run_prefix)
@@ -406,7 +251,7 @@ def run_rank(item: WorkItem, storage: Storage) -> RankResult:
             )
         request = plan.request
         model = get_model(request.model, threads=request.ort_threads, storage=storage)
-        chunks: dict[str, list[np.ndarray[Any, Any]]] = {name: [] for name in _PREDICTIONS}
+        chunks: dict[str, list[np.ndarray[Any, Any]]] = {name: [] for name in PREDICTIONS}
         for ref in plan.ranks[item.rank].partitions:
             t0 = time.perf_counter()
             raw = storage.get(plan.data_bucket, ref.key)
@@ -430,14 +275,12 @@ def run_rank(item: WorkItem, storage: Storage) -> RankResult:
 
         t2 = time.perf_counter()
         predictions = {
-            name: np.concatenate(parts).astype(_dtype(_PREDICTIONS[name][0]))
+            name: np.concatenate(parts).astype(prediction_dtype(name))
             if parts
-            else np.zeros(0, _dtype(_PREDICTIONS[name][0]))
+            else np.zeros(0, prediction_dtype(name))
             for name, parts in chunks.items()
         }
-        predictions_key = _key(
-            _rank_prefix(item.run_prefix, item.rank), f"predictions-{attempt}.safetensors"
-        )
+        predictions_key = layout.predictions(item.rank, attempt)
         storage.put(
             item.bucket,
             predictions_key,
@@ -462,26 +305,17 @@ def run_rank(item: WorkItem, storage: Storage) -> RankResult:
             # Still take part, with nothing to contribute: the peers' collectives then end
             # at once instead of waiting out their deadline for a rank that will never come
             # (Summarize ignores a reduction that misses a failed rank's samples anyway).
-            from cosmicai.reduction import reduce_with_peers
-
-            empty = {name: np.zeros(0, _dtype(kind)) for name, (kind, _) in _PREDICTIONS.items()}
-            reduce_with_peers(item, request, storage, empty)
+            reduce_with_peers(item, request, storage, empty_predictions())
         raise RankFailedError(f"rank {item.rank} failed: {message}") from exc
     if request.communicator == "off":
         return done
     # After the rank's own result is written: a failed collective loses nothing, it only
     # sends Summarize back to reading every rank's result.
-    from cosmicai.reduction import reduce_with_peers
-
     done = done.model_copy(
         update={"communicator": reduce_with_peers(item, request, storage, predictions)}
     )
     _put_json(storage, item.bucket, result_key, done)
     return done
-
-
-def _dtype(name: str) -> np.dtype[Any]:
-    return np.dtype({"F32": "<f4", "I32": "<i4", "I64": "<i8"}[name])
 
 
 def _read_result(storage: Storage, bucket: str, key: str) -> RankResult | None:
@@ -516,12 +350,14 @@ def summarize(
     """
     plan = load_plan(storage, pointer.bucket, pointer.run_prefix)
     request = plan.request
+    layout = RunLayout(pointer.run_prefix)
     results: dict[int, RankResult] = {}
     failed: dict[int, str] = {}
     for rank in range(plan.world_size):
-        key = _key(_rank_prefix(pointer.run_prefix, rank), "result.json")
         try:
-            result = RankResult.model_validate(_load_json(storage, pointer.bucket, key))
+            result = RankResult.model_validate(
+                _load_json(storage, pointer.bucket, layout.rank_result(rank))
+            )
         except ObjectNotFoundError:
             failed[rank] = "no result: the rank did not run or did not finish"
             continue
@@ -532,14 +368,14 @@ def summarize(
         if result.status != "ok":
             failed[rank] = result.error or "failed"
 
-    arrays: dict[str, list[np.ndarray[Any, Any]]] = {name: [] for name in _PREDICTIONS}
+    arrays: dict[str, list[np.ndarray[Any, Any]]] = {name: [] for name in PREDICTIONS}
     for rank, result in sorted(results.items()):
         if result.status != "ok" or result.predictions_key is None:
             continue
         try:
             tensors, _ = decode_tensors(
                 storage.get(pointer.bucket, result.predictions_key),
-                _PREDICTIONS,
+                PREDICTIONS,
                 name=f"predictions of rank {rank}",
             )
         except CosmicAIError as exc:
@@ -554,7 +390,7 @@ def summarize(
         for name in arrays:
             arrays[name].append(tensors[name])
     merged = {
-        name: np.concatenate(parts) if parts else np.zeros(0, _dtype(_PREDICTIONS[name][0]))
+        name: np.concatenate(parts) if parts else np.zeros(0, prediction_dtype(name))
         for name, parts in arrays.items()
     }
     metrics = redshift_metrics(merged["redshift"], merged["z_pred"])
@@ -563,8 +399,6 @@ def summarize(
     metrics_source: Literal["rank results", "communicator"] = "rank results"
     comm_summary = None
     if request.communicator != "off":
-        from cosmicai.reduction import read_reduced
-
         reduced = read_reduced(storage, pointer.bucket, pointer.run_prefix)
         # Only a reduction that covers exactly the samples Summarize sees stands for them.
         if (
@@ -618,9 +452,9 @@ def summarize(
         ),
     )
     outputs = {
-        "summary_json": _key(pointer.run_prefix, "summary.json"),
-        "summary_md": _key(pointer.run_prefix, "summary.md"),
-        "predictions_csv": _key(pointer.run_prefix, "predictions.csv"),
+        "summary_json": layout.summary_json,
+        "summary_md": layout.summary_md,
+        "predictions_csv": layout.predictions_csv,
     }
     summary = Summary(
         run_id=plan.run_id,
@@ -641,12 +475,9 @@ def summarize(
         ignored_fields=list(request.ignored_fields),
         outputs=outputs,
     )
-    from cosmicai import plots
-    from cosmicai.report import predictions_csv, summary_markdown
-
     if plots.available():
         for name, png in plots.run_figures(summary, merged, reported).items():
-            key = _key(pointer.run_prefix, f"plots/{name}")
+            key = layout.plot(name)
             storage.put(pointer.bucket, key, png)
             summary.outputs[f"plot_{name.removesuffix('.png')}"] = key
     storage.put(pointer.bucket, outputs["predictions_csv"], predictions_csv(merged))

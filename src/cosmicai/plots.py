@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from cosmicai.pipeline import RankResult, Summary
+    from cosmicai.run_types import RankResult, Summary
 
 
 def available() -> bool:

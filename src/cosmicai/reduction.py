@@ -14,32 +14,17 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import ValidationError
 
-from cosmicai.data.format import join_key
 from cosmicai.exceptions import CosmicAIError
-from cosmicai.metrics import RedshiftMetrics, metrics_from_statistics, sufficient_statistics
+from cosmicai.metrics import metrics_from_statistics, sufficient_statistics
+from cosmicai.run_types import CommOutcome, ReducedMetrics, RunLayout, WorkItem
 
 if TYPE_CHECKING:
-    from cosmicai.pipeline import CommOutcome, WorkItem
     from cosmicai.request import RunRequest
     from cosmicai.storage import Storage
 
 logger = logging.getLogger(__name__)
-
-REDUCED = "reduced.json"
-
-
-class ReducedMetrics(BaseModel):
-    """What rank 0 writes once every rank's statistics have arrived."""
-
-    run_id: str
-    world_size: int
-    samples: int
-    samples_with_redshift: int
-    metrics: RedshiftMetrics | None
-    links: dict[str, int]
-    seconds: float
 
 
 def reduce_with_peers(
@@ -49,9 +34,9 @@ def reduce_with_peers(
     predictions: dict[str, np.ndarray[Any, Any]],
 ) -> CommOutcome:
     """This rank's part in the reduction; never raises (the outcome says what happened)."""
+    # The communicator loads only in runs that use it: a worker without one starts faster.
     from cosmicai.comm import SUM
     from cosmicai.comm.session import open_communicator, settings_from_env
-    from cosmicai.pipeline import CommOutcome
 
     start = time.perf_counter()
     mode = request.communicator
@@ -65,7 +50,7 @@ def reduce_with_peers(
             job_id=item.run_id,
             storage=storage,
             bucket=item.bucket,
-            prefix=join_key(item.run_prefix, "comm/"),
+            prefix=RunLayout(item.run_prefix).comm_prefix,
         )
         with comm:
             sums, dz = sufficient_statistics(predictions["redshift"], predictions["z_pred"])
@@ -89,7 +74,7 @@ def reduce_with_peers(
             )
             storage.put(
                 item.bucket,
-                join_key(item.run_prefix, REDUCED),
+                RunLayout(item.run_prefix).reduced,
                 reduced.model_dump_json(indent=2).encode(),
             )
         logger.info("rank %d reduced with its peers in %.3f s: %s", item.rank, seconds, note)
@@ -109,11 +94,9 @@ def reduce_with_peers(
 
 def read_reduced(storage: Storage, bucket: str, run_prefix: str) -> ReducedMetrics | None:
     """Rank 0's reduced metrics, if it wrote them."""
-    from pydantic import ValidationError
-
     try:
         return ReducedMetrics.model_validate_json(
-            storage.get(bucket, join_key(run_prefix, REDUCED))
+            storage.get(bucket, RunLayout(run_prefix).reduced)
         )
     except (CosmicAIError, ValidationError):
         return None

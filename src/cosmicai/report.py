@@ -10,7 +10,7 @@ import numpy as np
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from cosmicai.pipeline import Plan, Summary
+    from cosmicai.run_types import Plan, Summary
 
 
 def predictions_csv(predictions: dict[str, np.ndarray[Any, Any]]) -> bytes:

@@ -26,6 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cosmicai.constants import BUILTIN_MODEL_PREFIX, DEFAULT_MODEL, DEFAULT_RUNS_PREFIX
 from cosmicai.exceptions import InvalidRequestError
+from cosmicai.model import builtin_models
+from cosmicai.storage import as_prefix
 
 #: Fields of the original payload that only the original container used.
 IGNORED_FIELDS = ("script", "object_type", "S3_object_name")
@@ -38,12 +40,6 @@ _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 def new_run_id() -> str:
     """A sortable, collision-resistant run id: UTC time plus 6 random hex digits."""
     return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
-
-
-def _prefix(value: str) -> str:
-    """An object-store prefix with no leading slash and exactly one trailing slash."""
-    value = value.strip().strip("/")
-    return f"{value}/" if value else ""
 
 
 class RunRequest(BaseModel):
@@ -159,7 +155,7 @@ class RunRequest(BaseModel):
     @field_validator("result_path")
     @classmethod
     def _result_path(cls, value: str) -> str:
-        value = _prefix(value)
+        value = as_prefix(value.strip())
         if not value:
             raise ValueError("must not be empty: runs need a prefix of their own")
         if ".." in value.split("/"):
@@ -171,7 +167,7 @@ class RunRequest(BaseModel):
     def _data_prefix(cls, value: str) -> str:
         if ".." in value.split("/"):
             raise ValueError(f"{value!r} must not contain '..'")
-        return _prefix(value)
+        return as_prefix(value.strip())
 
     @field_validator("model")
     @classmethod
@@ -179,8 +175,6 @@ class RunRequest(BaseModel):
         if not value.strip():
             raise ValueError("must name a model")
         if value.startswith(BUILTIN_MODEL_PREFIX):
-            from cosmicai.model import builtin_models
-
             name = value[len(BUILTIN_MODEL_PREFIX) :]
             if name not in builtin_models():
                 raise ValueError(

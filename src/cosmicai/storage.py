@@ -307,6 +307,20 @@ def _local_path(spec: str) -> str:
     return spec
 
 
+def join_key(prefix: str, name: str) -> str:
+    """Join an object-store prefix and a name with exactly one slash between them."""
+    if not prefix:
+        return name
+    return f"{prefix.rstrip('/')}/{name}"
+
+
+def as_prefix(value: str) -> str:
+    """An object-store prefix with no leading slash and exactly one trailing slash ("" stays
+    "": the bucket's top)."""
+    value = value.strip("/")
+    return f"{value}/" if value else ""
+
+
 @dataclass(frozen=True)
 class Location:
     """A place to read or write objects: a backend, a bucket and a key prefix."""
@@ -316,8 +330,6 @@ class Location:
     prefix: str
 
     def key(self, name: str) -> str:
-        from cosmicai.data.format import join_key
-
         return join_key(self.prefix, name)
 
     def __str__(self) -> str:

@@ -21,6 +21,7 @@ from cosmicai.data.format import BYTES_PER_SAMPLE
 from cosmicai.data.synth import synthesize
 from cosmicai.local import run_local
 from cosmicai.request import parse_request
+from cosmicai.run_types import RunLayout
 from cosmicai.storage import Location, S3Storage
 
 
@@ -85,8 +86,9 @@ def test_run_against_s3_through_the_endpoint_url(s3_endpoint: str, tmp_path: Pat
     assert run.summary.status == "ok", run.summary.failed_ranks
     assert run.summary.samples == 4 * 51
     keys = {o["Key"] for o in client.list_objects_v2(Bucket="survey")["Contents"]}
-    assert f"{request.run_prefix}summary.json" in keys
-    assert f"{request.run_prefix}ranks/00001/result.json" in keys
+    layout = RunLayout(request.run_prefix)
+    assert layout.summary_json in keys
+    assert layout.rank_result(1) in keys
     assert run.summary.performance.cost.s3_requests > 0
 
 

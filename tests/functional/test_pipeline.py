@@ -12,15 +12,9 @@ import pytest
 from cosmicai.data.format import encode_partition
 from cosmicai.exceptions import RankFailedError
 from cosmicai.metrics import redshift_metrics
-from cosmicai.pipeline import (
-    RankResult,
-    RunPointer,
-    WorkItem,
-    initialize,
-    run_rank,
-    summarize,
-)
+from cosmicai.pipeline import initialize, run_rank, summarize
 from cosmicai.request import parse_request
+from cosmicai.run_types import RankResult, RunLayout, RunPointer, WorkItem
 from cosmicai.storage import LocalStorage, S3Storage, Storage
 from tests.conftest import BUCKET, make_partition
 from tests.onnx_models import linear_model, linear_prediction
@@ -69,7 +63,7 @@ def _item(pointer: RunPointer, rank: int) -> WorkItem:
 
 
 def _result(storage: Storage, pointer: RunPointer, rank: int) -> RankResult:
-    key = f"{pointer.run_prefix}ranks/{rank:05d}/result.json"
+    key = RunLayout(pointer.run_prefix).rank_result(rank)
     return RankResult.model_validate_json(storage.get(BUCKET, key))
 
 
@@ -144,9 +138,10 @@ def test_rerun_rank_replaces_its_result_atomically(
     # and the summary counts the rank once
     assert second.attempt != first.attempt
     assert _result(storage, pointer, 0).attempt == second.attempt
-    keys = [o.key for o in storage.list(BUCKET, f"{pointer.run_prefix}ranks/00000/")]
+    layout = RunLayout(pointer.run_prefix)
+    keys = [o.key for o in storage.list(BUCKET, layout.rank_prefix(0))]
     assert second.predictions_key is not None
-    expected = [second.predictions_key, f"{pointer.run_prefix}ranks/00000/result.json"]
+    expected = [second.predictions_key, layout.rank_result(0)]
     assert sorted(keys) == sorted(expected)
     assert summarize(pointer, storage).samples == sum(SIZES)
 

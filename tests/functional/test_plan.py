@@ -9,6 +9,7 @@ import pytest
 from cosmicai.exceptions import PlanError
 from cosmicai.pipeline import initialize, load_plan, make_plan, plan_ranks
 from cosmicai.request import parse_request
+from cosmicai.run_types import PartitionRef
 from cosmicai.storage import S3Storage, Storage
 from tests.conftest import BUCKET
 
@@ -86,8 +87,6 @@ def test_impossible_plans_are_explained(storage: Storage) -> None:
 
 @pytest.mark.parametrize(("count", "ranks"), [(10, 3), (5, 5), (1, 1), (100, 7)])
 def test_blocks_differ_by_at_most_one(count: int, ranks: int) -> None:
-    from cosmicai.pipeline import PartitionRef
-
     refs = [PartitionRef(key=f"{n}.safetensors", number=n, bytes=1) for n in range(1, count + 1)]
     sizes = [len(r.partitions) for r in plan_ranks(refs, ranks)]
     assert sum(sizes) == count

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cosmicai.exceptions import CosmicAIError, ObjectNotFoundError
-from cosmicai.pipeline import Summary
 from cosmicai.request import RunRequest, parse_request
+from cosmicai.run_types import Summary
 from cosmicai.storage import S3Storage
 
 if TYPE_CHECKING:

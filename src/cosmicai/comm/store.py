@@ -32,7 +32,7 @@ from cosmicai.exceptions import (
     PeerLostError,
     StorageError,
 )
-from cosmicai.storage import Storage
+from cosmicai.storage import Storage, as_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +41,6 @@ DEFAULT_POLL_INITIAL = 0.001
 
 def frame_key(prefix: str, sender: int, receiver: int, sequence: int) -> str:
     return f"{prefix}{sender}-{receiver}/{sequence:012d}"
-
-
-def normalize_prefix(prefix: str) -> str:
-    return prefix if not prefix or prefix.endswith("/") else prefix + "/"
 
 
 class StoreChannel:
@@ -70,7 +66,7 @@ class StoreChannel:
         self.rank = rank
         self.storage = storage
         self.bucket = bucket
-        self.prefix = normalize_prefix(prefix)
+        self.prefix = as_prefix(prefix)
         self.max_payload = max_payload
         self.poll_initial_s = poll_initial_s
         self.poll_max_s = max(poll_max_s, poll_initial_s)

@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cosmicai.exceptions import PartitionFormatError
+from cosmicai.storage import join_key
 
 FORMAT_NAME = "cosmicai.partition"
 SCHEMA_VERSION = 1
@@ -321,10 +322,3 @@ def partition_key(prefix: str, number: int) -> str:
     if number < 1:
         raise ValueError(f"partition numbers start at 1, got {number}")
     return f"{join_key(prefix, str(number))}{PARTITION_SUFFIX}"
-
-
-def join_key(prefix: str, name: str) -> str:
-    """Join an object-store prefix and a name with exactly one slash between them."""
-    if not prefix:
-        return name
-    return f"{prefix.rstrip('/')}/{name}"
