@@ -46,6 +46,7 @@ demo: $(STAMP_RUN)
 lint: $(STAMP_DEV)
 	$(BIN)/ruff check src tests scripts functions benchmarks
 	$(BIN)/ruff format --check src tests scripts functions benchmarks
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP_DEV)
 	$(BIN)/mypy
