@@ -11,7 +11,7 @@ import boto3
 from typer.testing import CliRunner
 
 from cosmicai.cli import app
-from tests.aws.conftest import PARTITION_SAMPLES, event
+from harness.aws import PARTITION_SAMPLES, event
 
 
 def _stack(state_machine: str, bucket: str) -> None:

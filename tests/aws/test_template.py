@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.aws.conftest import ROOT, render_definition
+from harness.aws import ROOT, render_definition
+from harness.net import free_port
 
 #: Lambda's limit for a function and all its layers, unzipped.
 LAMBDA_UNZIPPED_LIMIT = 250 * 1024 * 1024
@@ -188,9 +189,7 @@ def test_built_worker_runs_on_python312(sam_build: Path, tmp_path: Path, aws_env
     # GIVEN an S3 endpoint on loopback with a planned run
     from moto.server import ThreadedMotoServer
 
-    from tests.functional.test_local_runner import _free_port
-
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:

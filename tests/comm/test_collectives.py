@@ -11,7 +11,7 @@ import pytest
 
 from cosmicai.comm import MAX, MIN, PROD, Communicator, FallbackLinks, LinkMaker
 from cosmicai.storage import Storage
-from tests.comm.helpers import (
+from harness.worlds import (
     run_processes,
     run_threads,
     store_links,

@@ -13,7 +13,7 @@ import pytest
 from cosmicai.comm import Communicator
 from cosmicai.exceptions import CommError, CommProtocolError, CommTimeoutError, PeerLostError
 from cosmicai.storage import Storage
-from tests.comm.helpers import (
+from harness.worlds import (
     Outcome,
     run_processes,
     run_threads,

@@ -24,7 +24,7 @@ from cosmicai.comm.handshake import (
     link_proof,
 )
 from cosmicai.exceptions import PeerAuthError
-from tests.comm.helpers import JOB, KEY
+from harness.worlds import JOB, KEY
 
 SIZE = 4
 

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from cosmicai.cli import app
 from cosmicai.data.format import encode_partition
 from cosmicai.storage import LocalStorage
-from tests.conftest import BUCKET, make_partition
-from tests.onnx_models import linear_model
+from harness.data import BUCKET, make_partition
+from harness.onnx_models import linear_model
 
 EVENTS = Path(__file__).parents[2] / "events"
 runner = CliRunner()

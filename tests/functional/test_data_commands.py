@@ -18,7 +18,7 @@ from cosmicai.data.partitioner import (
 )
 from cosmicai.data.synth import synthesize
 from cosmicai.storage import Location, S3Storage, parse_location
-from tests.conftest import BUCKET
+from harness.data import BUCKET
 
 
 def _digests(folder: Path) -> dict[str, str]:

@@ -22,8 +22,8 @@ from cosmicai.pipeline import (
 )
 from cosmicai.request import parse_request
 from cosmicai.storage import LocalStorage, S3Storage, Storage
-from tests.conftest import BUCKET, make_partition
-from tests.onnx_models import linear_model, linear_prediction
+from harness.data import BUCKET, make_partition
+from harness.onnx_models import linear_model, linear_prediction
 
 SIZES = (40, 25, 33, 17)  # samples in partitions 1..4
 

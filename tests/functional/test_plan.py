@@ -10,7 +10,7 @@ from cosmicai.exceptions import PlanError
 from cosmicai.pipeline import initialize, load_plan, make_plan, plan_ranks
 from cosmicai.request import parse_request
 from cosmicai.storage import S3Storage, Storage
-from tests.conftest import BUCKET
+from harness.data import BUCKET
 
 
 def _put_partitions(storage: Storage, prefix: str, count: int) -> None:

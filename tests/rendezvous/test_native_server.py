@@ -31,7 +31,7 @@ from cosmicai.rendezvous.messages import (
     Register,
     encode,
 )
-from tests.rendezvous.helpers import (
+from harness.rendezvous import (
     LOOPBACK,
     SECRET,
     async_test,
@@ -63,6 +63,7 @@ async def expect_error(reader: asyncio.StreamReader, code: ErrorCode) -> str:
 # -- connection and framing -------------------------------------------------------------
 
 
+@pytest.mark.uvloop
 @async_test
 async def test_preamble_auth_and_request_split_into_single_bytes() -> None:
     async with running_server() as server:
@@ -102,6 +103,7 @@ async def test_zero_byte_without_the_magic_is_dropped_silently() -> None:
         writer.close()
 
 
+@pytest.mark.uvloop
 @async_test
 async def test_oversized_frame_is_refused_from_its_header() -> None:
     async with running_server(max_frame_bytes=256) as server:
@@ -194,6 +196,7 @@ async def test_stale_timestamp_is_refused() -> None:
         writer.close()
 
 
+@pytest.mark.uvloop
 @async_test
 async def test_replayed_auth_is_refused_on_another_connection() -> None:
     async with running_server() as server:
@@ -309,6 +312,7 @@ async def test_second_request_while_pending_is_unexpected() -> None:
 # -- worlds -----------------------------------------------------------------------------
 
 
+@pytest.mark.uvloop
 @async_test
 async def test_world_completes_and_every_rank_gets_every_record() -> None:
     async with running_server() as server:
@@ -333,6 +337,7 @@ async def test_world_completes_and_every_rank_gets_every_record() -> None:
             await conn.close()
 
 
+@pytest.mark.uvloop
 @async_test
 async def test_partial_world_is_an_error_to_every_registered_rank() -> None:
     async with running_server() as server:
@@ -458,6 +463,7 @@ async def test_client_binds_the_given_local_port_and_shares_it() -> None:
         await conn.close()
 
 
+@pytest.mark.uvloop
 @async_test
 async def test_shutdown_tells_waiting_clients() -> None:
     server_cm = running_server()

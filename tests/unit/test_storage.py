@@ -15,7 +15,7 @@ from cosmicai.storage import (
     open_storage,
     parse_location,
 )
-from tests.conftest import BUCKET
+from harness.data import BUCKET
 
 
 def test_put_get_list_delete(storage: Storage) -> None:
