@@ -28,6 +28,7 @@ def _stack(state_machine: str, bucket: str) -> None:
     )
 
 
+@pytest.mark.slow
 def test_start_watch_and_summary(state_machine: str, data_bucket: Any, tmp_path: Path) -> None:
     # GIVEN a deployed stack and a request naming its run
     _stack(state_machine, "cosmicai-data")

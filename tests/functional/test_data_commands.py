@@ -56,6 +56,7 @@ def test_same_seed_gives_same_bytes_and_another_seed_does_not(tmp_path: Path) ->
     }
 
 
+@pytest.mark.slow
 def test_splits_never_share_a_galaxy(tmp_path: Path) -> None:
     # GIVEN both splits, larger than the catalogue so realizations repeat
     size = 5200 * BYTES_PER_SAMPLE

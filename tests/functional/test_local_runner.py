@@ -23,6 +23,9 @@ from cosmicai.request import parse_request
 from cosmicai.storage import Location, S3Storage
 from harness.net import free_port
 
+# Whole local runs: every rank a process of its own.
+pytestmark = pytest.mark.slow
+
 
 def test_demo_predicts_far_better_than_the_mean(tmp_path: Path) -> None:
     # GIVEN the demo, in small: 3 partitions of 1 MB of rendered SDSS test galaxies

@@ -73,6 +73,7 @@ def _result(storage: Storage, pointer: RunPointer, rank: int) -> RankResult:
     return RankResult.model_validate_json(storage.get(BUCKET, key))
 
 
+@pytest.mark.slow
 def test_global_metrics_equal_metrics_of_all_predictions(
     storage: Storage, model_spec: str, dataset: list[Any]
 ) -> None:
@@ -106,6 +107,7 @@ def test_global_metrics_equal_metrics_of_all_predictions(
     assert "| MAE |" in storage.get(BUCKET, summary.outputs["summary_md"]).decode()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
 def test_corrupt_partition_fails_its_rank_only(
     storage: Storage, model_spec: str, dataset: list[Any], damage: str

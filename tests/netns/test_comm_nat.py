@@ -29,7 +29,7 @@ import pytest
 from harness.netns.agents import operand
 from harness.netns.topology import NatTopology, read_line
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 HOSTS = ("h1", "h2", "h3", "h2")
 #: Each rank program is started through `ip netns exec` and imports numpy: allow for it.

@@ -25,7 +25,7 @@ from harness.netns.topology import (
     remove_leftovers,
 )
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 AGENTS = ["-m", "harness.netns.agents"]
 

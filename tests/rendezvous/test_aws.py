@@ -151,6 +151,7 @@ def moto_endpoint(aws_env: None) -> Iterator[str]:
         server.stop()
 
 
+@pytest.mark.slow
 @async_test
 async def test_serve_registers_its_record_at_start(moto_endpoint: str) -> None:
     import boto3

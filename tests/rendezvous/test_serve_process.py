@@ -25,7 +25,7 @@ from harness.rendezvous import (
     read_to_eof,
 )
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]
 
 SECRET_ENV = ENV_RENDEZVOUS_SECRET
 
