@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import pytest
 from typer.testing import CliRunner
 
 from cosmicai.cli import app
