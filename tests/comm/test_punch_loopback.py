@@ -28,7 +28,7 @@ from cosmicai.comm.punch import PunchLinks, punch_links
 from cosmicai.exceptions import CommError, CommTimeoutError, PeerAuthError
 from cosmicai.local import LocalRendezvous
 from cosmicai.storage import LocalStorage
-from harness.net import LOOPBACK, assert_connection_ends
+from harness.net import LOOPBACK, assert_connection_ends, free_port
 from harness.rendezvous import FAST, SECRET
 from harness.worlds import BUCKET, CountingLinks
 
@@ -392,8 +392,5 @@ def test_a_wrong_rendezvous_secret_is_a_clear_error(server: Rendezvous) -> None:
 
 
 def test_an_unreachable_rendezvous_server_is_a_clear_error() -> None:
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        port = int(probe.getsockname()[1])
     with pytest.raises(CommError, match="rendezvous server"):
-        make_punch(Rendezvous(port, SECRET), 0, 2, job_name("noserver"), deadline_s=2)
+        make_punch(Rendezvous(free_port(), SECRET), 0, 2, job_name("noserver"), deadline_s=2)

@@ -31,6 +31,7 @@ from cosmicai.rendezvous.messages import (
     Register,
     encode,
 )
+from harness.net import free_port
 from harness.rendezvous import (
     LOOPBACK,
     SECRET,
@@ -444,10 +445,7 @@ async def test_blocking_client_registers_from_threads() -> None:
 async def test_client_binds_the_given_local_port_and_shares_it() -> None:
     async with running_server() as server:
         # GIVEN a free local port
-        probe = socket.socket()
-        probe.bind((LOOPBACK, 0))
-        port = probe.getsockname()[1]
-        probe.close()
+        port = free_port()
         # WHEN the client binds it
         conn = await RendezvousClient.connect(
             LOOPBACK, server.port, secret=SECRET, local_address=(LOOPBACK, port)
@@ -479,10 +477,7 @@ async def test_shutdown_tells_waiting_clients() -> None:
 
 @async_test
 async def test_unreachable_server_is_named() -> None:
-    probe = socket.socket()
-    probe.bind((LOOPBACK, 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_port()
     with pytest.raises(RendezvousError, match=f"cannot reach the rendezvous server at .*:{port}"):
         await client(port)
 
