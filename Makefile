@@ -1,5 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. Each creates the virtual
-# environment it needs on a fresh machine and installs the project into it.
+# environment it needs on a fresh machine and installs the project into it. `make fast` is the
+# inner loop: ruff and every test not marked slow (no sam build, NATs, forked worlds, local runs).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -15,7 +16,7 @@ SAM_VENV ?= .venv-sam
 SAM_CLI_SPEC ?= aws-sam-cli==1.170.0
 STAMP_SAM := $(SAM_VENV)/.stamp-$(subst =,-,$(SAM_CLI_SPEC))
 
-.PHONY: demo test lint typecheck unit clean venv sam-build
+.PHONY: demo test fast lint typecheck unit clean venv sam-build
 
 $(STAMP_RUN):
 	$(PYTHON) -m venv $(VENV)
@@ -43,9 +44,11 @@ sam-build: $(STAMP_SAM)
 demo: $(STAMP_RUN)
 	$(BIN)/cosmicai demo
 
+LINT_PATHS := src tests scripts functions benchmarks harness
+
 lint: $(STAMP_DEV)
-	$(BIN)/ruff check src tests scripts functions benchmarks
-	$(BIN)/ruff format --check src tests scripts functions benchmarks
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP_DEV)
@@ -55,6 +58,9 @@ unit: $(STAMP_DEV) $(STAMP_SAM)
 	COSMICAI_SAM="$(abspath $(SAM_VENV))/bin/sam" $(BIN)/python -m pytest
 
 test: lint typecheck unit
+
+fast: lint
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) $(SAM_VENV) .demo .aws-sam .mypy_cache .ruff_cache .pytest_cache

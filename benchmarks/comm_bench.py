@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,24 +25,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    # The shared harness lives at the repository root; running this file directly puts only
+    # benchmarks/ on the path.
+    sys.path.insert(0, str(ROOT))
+
 import numpy as np
 
 from cosmicai.bench.machine import machine
-from cosmicai.comm import (
-    Communicator,
-    LinkMaker,
-    StaticTcpLinks,
-    StoreLinks,
-    dumps,
-    loads,
-    loopback_listeners,
-)
+from cosmicai.comm import Communicator, LinkMaker, StoreLinks
 from cosmicai.storage import LocalStorage, S3Storage, Storage
+from harness.net import free_port
+from harness.worlds import TcpWorld, run_forked
 
 KEY = b"benchmark-job-key-0123456789abcdef"
 JOB = "comm-bench"
 BUCKET = "comm-bench"
-ROOT = Path(__file__).resolve().parent.parent
 
 Body = Callable[[Communicator], dict[str, Any]]
 
@@ -68,43 +65,18 @@ def run_world(
 ) -> list[dict[str, Any]]:
     """``body`` on ``size`` forked rank processes; their returned dicts, by rank."""
     workdir = Path(tempfile.mkdtemp(prefix="comm-bench-"))
-    context = multiprocessing.get_context("fork")
-
-    def child(rank: int) -> None:
-        comm = Communicator(rank, size, make_links(rank), deadline_s=120)
-        try:
-            result = body(comm)
-        finally:
-            comm.close()
-        (workdir / f"{rank}.msg").write_bytes(dumps(result))
-
-    processes = [context.Process(target=child, args=(rank,)) for rank in range(size)]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(timeout=1800)
-        if process.is_alive() and process.pid is not None:
-            os.kill(process.pid, signal.SIGKILL)
     try:
-        return [loads((workdir / f"{rank}.msg").read_bytes()) for rank in range(size)]
-    except FileNotFoundError as exc:
-        raise SystemExit(f"a rank process failed: {exc}") from exc
+        outcomes = run_forked(size, make_links, body, workdir, deadline_s=120, wait_s=1800)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    failed = [f"rank {o.rank}: {o.error}" for o in outcomes if o.error is not None]
+    if failed:
+        raise SystemExit(f"a rank process failed: {'; '.join(failed)}")
+    return [outcome.value for outcome in outcomes]
 
 
-def tcp_world(size: int) -> Callable[[int], LinkMaker]:
-    listeners = loopback_listeners(size)
-    endpoints = [(str(s.getsockname()[0]), int(s.getsockname()[1])) for s in listeners]
-
-    def make(rank: int) -> LinkMaker:
-        # In the child: close the other ranks' listeners, keep its own.
-        for other, listener in enumerate(listeners):
-            if other != rank:
-                listener.close()
-        return StaticTcpLinks(rank, size, endpoints, key=KEY, job_id=JOB, listener=listeners[rank])
-
-    return make
+def tcp_world(size: int) -> TcpWorld:
+    return TcpWorld(size, key=KEY, job_id=JOB)
 
 
 def store_world(open_storage: Callable[[], Storage], prefix: str) -> Callable[[int], LinkMaker]:
@@ -181,12 +153,6 @@ def percentiles(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             "samples": int(pooled.size),
         }
     return figures
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def start_moto_server() -> tuple[subprocess.Popen[bytes], str] | None:

@@ -3,7 +3,7 @@
     sudo .venv/bin/python benchmarks/punch_bench.py             # writes docs/punch-benchmark.*
     sudo .venv/bin/python benchmarks/punch_bench.py --rounds 5 --no-write   # a smoke run
 
-Builds the cone-NAT topology of tests/netns (h1 and h3 behind nat1, h2 behind nat2, the
+Builds the cone-NAT topology of harness/netns (h1 and h3 behind nat1, h2 behind nat2, the
 rendezvous server on the public segment), then runs two ranks per series, each a process in
 its host's namespace, for many rounds: every round is a fresh world (new job id, new port):
 register with the rendezvous server, then ``link`` to the other rank at once (the
@@ -21,31 +21,26 @@ Needs root (namespaces, nftables); without it the script says why and exits 0.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
-    # The harness lives in tests/netns; running this file directly puts only benchmarks/ on
-    # the path.
+    # The namespace harness lives in harness/netns; running this file directly puts only
+    # benchmarks/ on the path.
     sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-from tests.netns.topology import NatTopology, check_environment, read_line, two_nats  # noqa: E402
+import numpy as np
 
-from cosmicai.bench.machine import machine  # noqa: E402
+from cosmicai.bench.machine import machine
+from harness.netns.topology import NatTopology, check_environment, two_nats
 
-SECRET = b"punch-benchmark-deployment-secret"
-SCRIPT = ["benchmarks/punch_bench.py"]
+AGENTS = ["-m", "harness.netns.agents"]
 TARGET_P50_MS = 50.0
 #: (label, hosts of rank 0 and rank 1, which endpoint the link is expected to use)
 SERIES = (
@@ -54,93 +49,7 @@ SERIES = (
 )
 
 
-# -- programs run inside the namespaces ------------------------------------------------------
-
-
-def _emit(**fields: Any) -> None:
-    print(json.dumps(fields), flush=True)
-
-
-def serve(address: str, port: int, health_port: int, lifetime: float) -> None:
-    from cosmicai.rendezvous.config import ServerConfig
-    from cosmicai.rendezvous.server import RendezvousServer
-
-    async def run() -> None:
-        config = replace(
-            ServerConfig(), host=address, port=port, health_port=health_port, secret=SECRET
-        )
-        async with RendezvousServer(config):
-            _emit(event="ready")
-            await asyncio.sleep(lifetime)  # bounded; the benchmark kills it when done
-
-    asyncio.run(run())
-
-
-def rank_program(server: str, rank: int, rounds: int, job_prefix: str) -> None:
-    from cosmicai.comm import derive_job_key
-    from cosmicai.comm.frames import FrameKind
-    from cosmicai.comm.punch import PunchLinks, punch_links
-
-    host, _, port = server.rpartition(":")
-    peer = 1 - rank
-    for index in range(rounds):
-        job = f"{job_prefix}-{index}"
-        maker = punch_links(
-            rank=rank,
-            size=2,
-            job_id=job,
-            key=derive_job_key(SECRET, job),
-            rendezvous_host=host,
-            rendezvous_port=int(port),
-            rendezvous_secret=SECRET,
-            deadline_s=30.0,
-        )
-        assert isinstance(maker, PunchLinks)
-        registered = time.monotonic()
-        channel = maker.link(peer, registered + 10.0)
-        linked = time.monotonic()
-        deadline = linked + 10.0
-        if rank == 0:
-            channel.send(FrameKind.OBJECT, 1, [b"ping"], deadline)
-            assert bytes(channel.recv(2, deadline).payload) == b"pong"
-        else:
-            assert bytes(channel.recv(1, deadline).payload) == b"ping"
-            channel.send(FrameKind.OBJECT, 2, [b"pong"], deadline)
-        outcome = maker.outcomes[peer]
-        _emit(
-            round=index,
-            registered=registered,
-            linked=linked,
-            via=outcome.via,
-            route=outcome.route,
-            connects=outcome.connects,
-        )
-        channel.close()
-        maker.close()
-
-
 # -- the benchmark ---------------------------------------------------------------------------
-
-
-def start_server(topology: NatTopology) -> tuple[subprocess.Popen[str], str]:
-    address = topology.addresses["server"]
-    port = topology.allocate_port()
-    process = topology.spawn(
-        "server",
-        [
-            *SCRIPT,
-            "serve",
-            "--address",
-            address,
-            "--port",
-            str(port),
-            "--health-port",
-            str(topology.allocate_port()),
-        ],
-    )
-    line = read_line(process, 30)
-    assert json.loads(line)["event"] == "ready", line
-    return process, f"{address}:{port}"
 
 
 def run_series(
@@ -152,8 +61,8 @@ def run_series(
         topology.spawn(
             host,
             [
-                *SCRIPT,
-                "rank",
+                *AGENTS,
+                "link-rounds",
                 "--server",
                 server,
                 "--rank",
@@ -228,7 +137,7 @@ def render(report: dict[str, Any]) -> str:
         "",
         "Written by `benchmarks/punch_bench.py` (figures also in `punch-benchmark.json`). Two",
         "ranks, each a process in a network namespace behind a real nftables NAT (plain",
-        "`masquerade`, the cone NAT of `tests/netns`), register with the rendezvous server on",
+        "`masquerade`, the cone NAT of `harness/netns`), register with the rendezvous server on",
         "the public segment and link at once; every round is a fresh world (new job, new port).",
         "",
         "**Link setup** runs from the moment the later of the two ranks got the WORLD reply to",
@@ -300,7 +209,7 @@ def benchmark(rounds: int, write: bool) -> int:
         "series": [],
     }
     with NatTopology(two_nats("cone")) as topology:
-        server_process, server = start_server(topology)
+        server_process, server = topology.start_rendezvous()
         try:
             for label, hosts, expected_route in SERIES:
                 samples = run_series(topology, server, hosts, rounds)
@@ -331,34 +240,16 @@ def benchmark(rounds: int, write: bool) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="punch_bench.py")
-    commands = parser.add_subparsers(dest="command")
-    run = commands.add_parser("run", help="the benchmark (the default)")
-    run.add_argument("--rounds", type=int, default=30, help="links per series")
-    run.add_argument("--no-write", action="store_true", help="do not write docs/punch-benchmark.*")
-    server = commands.add_parser("serve", help="(internal) the rendezvous server")
-    server.add_argument("--address", required=True)
-    server.add_argument("--port", type=int, required=True)
-    server.add_argument("--health-port", type=int, required=True)
-    server.add_argument("--lifetime", type=float, default=600.0)
-    rank = commands.add_parser("rank", help="(internal) one rank's rounds")
-    rank.add_argument("--server", required=True)
-    rank.add_argument("--rank", type=int, required=True)
-    rank.add_argument("--rounds", type=int, required=True)
-    rank.add_argument("--job-prefix", required=True)
-    args = parser.parse_args(["run", *(argv or sys.argv[1:])] if _bare(argv) else argv)
-    if args.command == "serve":
-        serve(args.address, args.port, args.health_port, args.lifetime)
-        return 0
-    if args.command == "rank":
-        rank_program(args.server, args.rank, args.rounds, args.job_prefix)
-        return 0
+    # "run" was once a sub-command; still accepted so that old command lines keep working.
+    parser.add_argument(
+        "command", nargs="?", choices=["run"], default="run", help=argparse.SUPPRESS
+    )
+    parser.add_argument("--rounds", type=int, default=30, help="links per series")
+    parser.add_argument(
+        "--no-write", action="store_true", help="do not write docs/punch-benchmark.*"
+    )
+    args = parser.parse_args(argv)
     return benchmark(args.rounds, not args.no_write)
-
-
-def _bare(argv: Sequence[str] | None) -> bool:
-    """True when no sub-command was named (``punch_bench.py`` or ``punch_bench.py --rounds 5``)."""
-    words = list(sys.argv[1:] if argv is None else argv)
-    return not words or words[0] not in ("run", "serve", "rank", "-h", "--help")
 
 
 if __name__ == "__main__":

@@ -591,7 +591,7 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=5000)
     parser.add_argument("--rate", type=float, default=2500.0, help="second partners per second")
@@ -610,7 +610,7 @@ def main() -> None:
     parser.add_argument(
         "--report-only", action="store_true", help="rewrite the report from the JSON beside it"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.report_only:
         write_report(json.loads(args.out.with_suffix(".json").read_text()), args.out)
         return

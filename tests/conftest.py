@@ -6,13 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from cosmicai.data.format import Partition
 from cosmicai.storage import LocalStorage, S3Storage, Storage
-
-BUCKET = "cosmicai-test"
+from harness.data import BUCKET
 
 
 @pytest.fixture
@@ -57,20 +54,3 @@ def storage(request: pytest.FixtureRequest) -> Storage:
     name = "s3_storage" if request.param == "s3" else "local_storage"
     backend: Storage = request.getfixturevalue(name)
     return backend
-
-
-def make_partition(samples: int, *, first_id: int = 0, seed: int = 0) -> Partition:
-    """Random but plausible arrays: enough to exercise formats, plans and models."""
-    rng = np.random.default_rng(seed)
-    z = rng.uniform(0.01, 0.3, samples).astype(np.float32)
-    magnitudes = (rng.normal(17.0, 1.0, (samples, 1)) + rng.normal(0, 0.3, (samples, 5))).astype(
-        np.float32
-    )
-    images = rng.lognormal(0.0, 1.0, (samples, 5, 32, 32)).astype(np.float32)
-    return Partition(
-        images=images,
-        magnitudes=magnitudes,
-        object_id=np.arange(first_id, first_id + samples, dtype=np.int64),
-        redshift=z,
-        provenance={"source": "test", "seed": seed},
-    )

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from rich.console import Console
 
+    from cosmicai.rendezvous.config import ServerConfig
     from cosmicai.request import RunRequest
 
 
@@ -54,10 +55,13 @@ class LocalRendezvous:
 
     Entering it starts the server with a fresh secret and returns the environment the rank
     processes need to reach it (the same variables a Lambda worker gets from the template).
+    ``config`` replaces that default setup (the tests use short timeouts and a known secret).
     """
 
-    def __init__(self) -> None:
-        self._secret = secrets.token_urlsafe(32)
+    def __init__(self, config: ServerConfig | None = None) -> None:
+        self._config = config
+        given = config.secret if config is not None else None
+        self._secret = given.decode() if given else secrets.token_urlsafe(32)
         self._ready = threading.Event()
         self._stop: Any = None
         self._loop: Any = None
@@ -75,7 +79,7 @@ class LocalRendezvous:
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
-            config = ServerConfig(
+            config = self._config or ServerConfig(
                 host="127.0.0.1", port=0, health_port=0, secret=self._secret.encode()
             )
             async with RendezvousServer(config) as server:
@@ -88,6 +92,11 @@ class LocalRendezvous:
         except BaseException as exc:  # reported to the thread that waits for readiness
             self._error = exc
             self._ready.set()
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on, once entered."""
+        return self._port
 
     def __enter__(self) -> dict[str, str]:
         self._thread.start()

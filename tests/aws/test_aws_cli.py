@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import pytest
 from typer.testing import CliRunner
 
 from cosmicai.cli import app
-from tests.aws.conftest import PARTITION_SAMPLES, event
+from harness.aws import PARTITION_SAMPLES, event
 
 
 def _stack(state_machine: str, bucket: str) -> None:
@@ -28,6 +29,7 @@ def _stack(state_machine: str, bucket: str) -> None:
     )
 
 
+@pytest.mark.slow
 def test_start_watch_and_summary(state_machine: str, data_bucket: Any, tmp_path: Path) -> None:
     # GIVEN a deployed stack and a request naming its run
     _stack(state_machine, "cosmicai-data")

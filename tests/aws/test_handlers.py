@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from cosmicai.exceptions import InvalidRequestError, RankFailedError
-from tests.aws.conftest import DATA_BUCKET, PARTITION_SAMPLES, FakeLambdaContext, Handler, event
+from harness.aws import DATA_BUCKET, PARTITION_SAMPLES, FakeLambdaContext, Handler, event
 
 
 def test_sample_events_run_through_every_handler(

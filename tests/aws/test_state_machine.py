@@ -12,7 +12,7 @@ import json
 import time
 from typing import Any
 
-from tests.aws.conftest import DATA_BUCKET, PARTITION_SAMPLES, event
+from harness.aws import DATA_BUCKET, PARTITION_SAMPLES, event
 
 
 def _run(sfn: Any, state_machine: str, request: dict[str, Any]) -> dict[str, Any]:

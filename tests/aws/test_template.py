@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.aws.conftest import ROOT, render_definition
+from harness.aws import ROOT, render_definition
+from harness.net import free_port
 
 #: Lambda's limit for a function and all its layers, unzipped.
 LAMBDA_UNZIPPED_LIMIT = 250 * 1024 * 1024
@@ -58,6 +59,7 @@ def _sam_env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_sam_validate_lint() -> None:
     result = subprocess.run(
         [_sam(), "validate", "--lint", "--template", str(ROOT / "template.yaml")],
@@ -70,6 +72,7 @@ def test_sam_validate_lint() -> None:
     assert "is a valid SAM Template" in result.stdout
 
 
+@pytest.mark.slow
 def test_state_machine_definition_passes_cfn_lint() -> None:
     # cfn-lint does not open DefinitionUri files: embed the ASL, placeholders filled, as the
     # Definition of a plain state machine in a throwaway template (its rule E3601 checks ASL).
@@ -166,6 +169,7 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
 
 
+@pytest.mark.slow
 def test_built_functions_fit_lambda_limits(
     sam_build: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -184,13 +188,12 @@ def test_built_functions_fit_lambda_limits(
     assert (sam_build / "CosmicaiLayer/python/cosmicai/models/reference.onnx").is_file()
 
 
+@pytest.mark.slow
 def test_built_worker_runs_on_python312(sam_build: Path, tmp_path: Path, aws_env: None) -> None:
     # GIVEN an S3 endpoint on loopback with a planned run
     from moto.server import ThreadedMotoServer
 
-    from tests.functional.test_local_runner import _free_port
-
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:

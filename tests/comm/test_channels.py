@@ -16,7 +16,7 @@ from cosmicai.comm.frames import FrameKind, encode_frame
 from cosmicai.comm.store import frame_key
 from cosmicai.exceptions import CommError, CommProtocolError, CommTimeoutError, PeerLostError
 from cosmicai.storage import LocalStorage, Storage
-from tests.comm.helpers import BUCKET
+from harness.worlds import BUCKET
 
 
 def tcp_socket_pair() -> tuple[socket.socket, socket.socket]:

@@ -11,7 +11,7 @@ import pytest
 
 from cosmicai.comm import MAX, MIN, PROD, Communicator, FallbackLinks, LinkMaker
 from cosmicai.storage import Storage
-from tests.comm.helpers import (
+from harness.worlds import (
     run_processes,
     run_threads,
     store_links,
@@ -145,6 +145,7 @@ def test_every_collective_over_s3(s3_storage: Storage) -> None:
     assert list(s3_storage.list("cosmicai-test", "comm/")) == []
 
 
+@pytest.mark.slow
 def test_every_collective_in_16_processes(tmp_path: Path) -> None:
     # GIVEN 16 real processes, as the ranks of a local run are
     outcomes = run_processes(16, every_collective, tmp_path)

@@ -13,7 +13,7 @@ import pytest
 from cosmicai.comm import Communicator
 from cosmicai.exceptions import CommError, CommProtocolError, CommTimeoutError, PeerLostError
 from cosmicai.storage import Storage
-from tests.comm.helpers import (
+from harness.worlds import (
     Outcome,
     run_processes,
     run_threads,
@@ -29,6 +29,7 @@ def errors_of(outcomes: list[Outcome], *, skip: int) -> list[BaseException]:
     return [error for error in errors if error is not None]
 
 
+@pytest.mark.slow
 def test_a_killed_process_fails_the_others_within_the_deadline(tmp_path: Path) -> None:
     # GIVEN 4 rank processes looping over allreduce, and rank 2 killed in the middle
     def body(comm: Communicator) -> int:

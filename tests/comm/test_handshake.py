@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from cosmicai.comm import StaticTcpLinks, authenticate_link, derive_job_key, loopback_listeners
+from cosmicai.comm import StaticTcpLinks, authenticate_link, derive_job_key
 from cosmicai.comm.handshake import (
     HANDSHAKE_VERSION,
     HELLO,
@@ -24,7 +24,7 @@ from cosmicai.comm.handshake import (
     link_proof,
 )
 from cosmicai.exceptions import PeerAuthError
-from tests.comm.helpers import JOB, KEY
+from harness.worlds import JOB, KEY, tcp_endpoints
 
 SIZE = 4
 
@@ -232,8 +232,7 @@ def test_job_keys_differ_per_job() -> None:
 
 def test_a_listening_rank_refuses_a_stranger_and_still_links_its_peer() -> None:
     # GIVEN two ranks with static links, and a stranger who knows a wrong key
-    listeners = loopback_listeners(2)
-    endpoints = [(str(s.getsockname()[0]), int(s.getsockname()[1])) for s in listeners]
+    listeners, endpoints = tcp_endpoints(2)
     links = [
         StaticTcpLinks(r, 2, endpoints, key=KEY, job_id=JOB, listener=listeners[r])
         for r in range(2)

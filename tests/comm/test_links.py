@@ -13,7 +13,7 @@ from cosmicai.comm.channel import Channel
 from cosmicai.comm.topology import Fold, binomial_children, binomial_parent
 from cosmicai.exceptions import CommError, CommTimeoutError
 from cosmicai.storage import Storage
-from tests.comm.helpers import BUCKET, CountingLinks, run_threads, store_links, tcp_links
+from harness.worlds import BUCKET, CountingLinks, run_threads, store_links, tcp_links
 
 
 def recursive_doubling_peers(rank: int, size: int) -> set[int]:

@@ -8,13 +8,11 @@ strangers, resuming in slices, deadlines. tests/netns/test_comm_nat.py covers re
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,50 +26,17 @@ from cosmicai.comm.handshake import authenticate_link
 from cosmicai.comm.links import LinkMaker
 from cosmicai.comm.punch import PunchLinks, punch_links
 from cosmicai.exceptions import CommError, CommTimeoutError, PeerAuthError
-from cosmicai.rendezvous.server import RendezvousServer
+from cosmicai.local import LocalRendezvous
 from cosmicai.storage import LocalStorage
-from tests.comm.helpers import BUCKET, CountingLinks
-from tests.rendezvous.helpers import FAST, SECRET
-
-LOOPBACK = "127.0.0.1"
+from harness.net import LOOPBACK, assert_connection_ends, free_port
+from harness.rendezvous import FAST, SECRET
+from harness.worlds import BUCKET, CountingLinks
 
 
 @dataclass
 class Rendezvous:
     port: int
     secret: bytes | None
-
-
-@contextmanager
-def rendezvous_server(secret: bytes | None = SECRET) -> Iterator[Rendezvous]:
-    """The real server on an event loop of its own thread, for the duration of a test."""
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    box: dict[str, Any] = {}
-
-    async def serve(stop: asyncio.Event) -> None:
-        config = replace(FAST, secret=secret, idle_timeout=30.0, max_world_deadline=30.0)
-        try:
-            async with RendezvousServer(config) as server:
-                box["port"] = server.port
-                started.set()
-                await stop.wait()
-        except BaseException as exc:
-            box["error"] = exc
-            started.set()
-            raise
-
-    stop = asyncio.Event()
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(stop),), daemon=True)
-    thread.start()
-    assert started.wait(10), "the rendezvous server did not start"
-    assert "error" not in box, box.get("error")
-    try:
-        yield Rendezvous(box["port"], secret)
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(10)
-        loop.close()
 
 
 def job_name(tag: str) -> str:
@@ -150,20 +115,13 @@ def values(results: list[RankResult]) -> list[Any]:
     return [r.value for r in results]
 
 
-def connection_ends(sock: socket.socket) -> bool:
-    """True once the other side closes or resets ``sock`` (whatever it sent before)."""
-    try:
-        while sock.recv(4096):
-            pass
-    except ConnectionResetError:
-        pass
-    return True
-
-
 @pytest.fixture
 def server() -> Iterator[Rendezvous]:
-    with rendezvous_server() as running:
-        yield running
+    """The real server on an event loop of its own thread, for the duration of a test."""
+    config = replace(FAST, idle_timeout=30.0, max_world_deadline=30.0)
+    running = LocalRendezvous(config)
+    with running:
+        yield Rendezvous(running.port, config.secret)
 
 
 # -- collectives over punched links ----------------------------------------------------------
@@ -298,7 +256,7 @@ def test_a_stranger_is_refused_and_the_link_still_forms(
         impostor_thread.start()
         impostor_thread.join(10)
         # The garbage sender's connection is closed (reset, as it sent more than was read)
-        assert connection_ends(garbage)
+        assert_connection_ends(garbage, "rank 1 kept a connection that sent garbage")
         garbage.close()
         # The impostor may finish before rank 1 has checked its proof: wait for the verdict.
         limit = time.monotonic() + 10
@@ -434,8 +392,5 @@ def test_a_wrong_rendezvous_secret_is_a_clear_error(server: Rendezvous) -> None:
 
 
 def test_an_unreachable_rendezvous_server_is_a_clear_error() -> None:
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        port = int(probe.getsockname()[1])
     with pytest.raises(CommError, match="rendezvous server"):
-        make_punch(Rendezvous(port, SECRET), 0, 2, job_name("noserver"), deadline_s=2)
+        make_punch(Rendezvous(free_port(), SECRET), 0, 2, job_name("noserver"), deadline_s=2)

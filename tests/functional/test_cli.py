@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from cosmicai.cli import app
 from cosmicai.data.format import encode_partition
 from cosmicai.storage import LocalStorage
-from tests.conftest import BUCKET, make_partition
-from tests.onnx_models import linear_model
+from harness.data import BUCKET, make_partition
+from harness.onnx_models import linear_model
 
 EVENTS = Path(__file__).parents[2] / "events"
 runner = CliRunner()
@@ -72,6 +72,7 @@ def test_plan_prints_ranks_and_partitions(local_run: tuple[Path, Path]) -> None:
     assert "3 ranks, 5 partitions" in result.output
 
 
+@pytest.mark.slow
 def test_run_executes_every_rank_in_its_own_process(local_run: tuple[Path, Path]) -> None:
     # GIVEN a request for 3 ranks over 5 partitions
     store, request = local_run
@@ -88,6 +89,7 @@ def test_run_executes_every_rank_in_its_own_process(local_run: tuple[Path, Path]
     assert all(r["peak_rss_mb"] > 10 for r in summary["ranks"])
 
 
+@pytest.mark.slow
 def test_run_exits_nonzero_naming_the_failed_rank(local_run: tuple[Path, Path]) -> None:
     store, request = local_run
     (store / BUCKET / "data/5.safetensors").write_bytes(b"corrupt")

@@ -18,7 +18,7 @@ from cosmicai.data.partitioner import (
 )
 from cosmicai.data.synth import synthesize
 from cosmicai.storage import Location, S3Storage, parse_location
-from tests.conftest import BUCKET
+from harness.data import BUCKET
 
 
 def _digests(folder: Path) -> dict[str, str]:
@@ -56,6 +56,7 @@ def test_same_seed_gives_same_bytes_and_another_seed_does_not(tmp_path: Path) ->
     }
 
 
+@pytest.mark.slow
 def test_splits_never_share_a_galaxy(tmp_path: Path) -> None:
     # GIVEN both splits, larger than the catalogue so realizations repeat
     size = 5200 * BYTES_PER_SAMPLE

@@ -8,7 +8,6 @@ through AWS_ENDPOINT_URL exactly as they would reach a real one.
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +22,10 @@ from cosmicai.local import run_local
 from cosmicai.request import parse_request
 from cosmicai.run_types import RunLayout
 from cosmicai.storage import Location, S3Storage
+from harness.net import free_port
+
+# Whole local runs: every rank a process of its own.
+pytestmark = pytest.mark.slow
 
 
 def test_demo_predicts_far_better_than_the_mean(tmp_path: Path) -> None:
@@ -43,18 +46,11 @@ def test_demo_predicts_far_better_than_the_mean(tmp_path: Path) -> None:
     assert metrics["r2"] > 0.5
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def s3_endpoint(aws_env: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"

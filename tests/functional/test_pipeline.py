@@ -16,8 +16,8 @@ from cosmicai.pipeline import initialize, run_rank, summarize
 from cosmicai.request import parse_request
 from cosmicai.run_types import RankResult, RunLayout, RunPointer, WorkItem
 from cosmicai.storage import LocalStorage, S3Storage, Storage
-from tests.conftest import BUCKET, make_partition
-from tests.onnx_models import linear_model, linear_prediction
+from harness.data import BUCKET, make_partition
+from harness.onnx_models import linear_model, linear_prediction
 
 SIZES = (40, 25, 33, 17)  # samples in partitions 1..4
 
@@ -67,6 +67,7 @@ def _result(storage: Storage, pointer: RunPointer, rank: int) -> RankResult:
     return RankResult.model_validate_json(storage.get(BUCKET, key))
 
 
+@pytest.mark.slow
 def test_global_metrics_equal_metrics_of_all_predictions(
     storage: Storage, model_spec: str, dataset: list[Any]
 ) -> None:
@@ -100,6 +101,7 @@ def test_global_metrics_equal_metrics_of_all_predictions(
     assert "| MAE |" in storage.get(BUCKET, summary.outputs["summary_md"]).decode()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
 def test_corrupt_partition_fails_its_rank_only(
     storage: Storage, model_spec: str, dataset: list[Any], damage: str

@@ -11,7 +11,7 @@ from cosmicai.pipeline import initialize, load_plan, make_plan, plan_ranks
 from cosmicai.request import parse_request
 from cosmicai.run_types import PartitionRef
 from cosmicai.storage import S3Storage, Storage
-from tests.conftest import BUCKET
+from harness.data import BUCKET
 
 
 def _put_partitions(storage: Storage, prefix: str, count: int) -> None:
@@ -19,6 +19,7 @@ def _put_partitions(storage: Storage, prefix: str, count: int) -> None:
         storage.put(BUCKET, f"{prefix}{n}.safetensors", b"x" * (n % 7 + 1))
 
 
+@pytest.mark.slow
 def test_2500_partitions_are_planned_in_numeric_order(s3_storage: S3Storage) -> None:
     # GIVEN 2,500 partitions (more than one S3 LIST page) and some other objects
     _put_partitions(s3_storage, "25MB/", 2500)

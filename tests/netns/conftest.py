@@ -1,4 +1,5 @@
-"""Fixtures for tests against real NATs built from network namespaces (see README.md here).
+"""Fixtures for tests against real NATs built from network namespaces (see
+harness/netns/README.md).
 
 Everything skips, with the reason, when the machine cannot do it: not root, no
 ``ip netns`` (no CAP_NET_ADMIN, e.g. an unprivileged container), or nftables missing and not
@@ -11,7 +12,7 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-from tests.netns.topology import (
+from harness.netns.topology import (
     NatSpec,
     NatTopology,
     TopologyError,

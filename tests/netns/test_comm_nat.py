@@ -2,9 +2,9 @@
 fallback, and a rank killed mid-collective.
 
 Every rank is a process inside a namespace host of the session topologies (h1 and h3 behind
-nat1, h2 behind nat2, see README.md here); the rendezvous server runs on the public host
-"server". The rank and server programs are this module's ``main`` (run as
-``python -m tests.netns.test_comm_nat rank|serve ...``); they print one JSON object per line.
+nat1, h2 behind nat2, see harness/netns/README.md); the rendezvous server runs on the public host
+"server". The rank and server programs are ``harness.netns.agents rank|rendezvous``; they
+print one JSON object per line.
 
 Rank placement, four ranks: 0 on h1, 1 on h2, 2 on h3 (h1's LAN), 3 on h2 again (same host as
 rank 1). So the world has cross-NAT pairs (public endpoints), a same-LAN pair and a same-host
@@ -13,43 +13,28 @@ pair (private endpoints: the NATs do no hairpinning).
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import contextlib
 import json
-import logging
 import os
-import select
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from tests.netns.topology import NatTopology, read_line
+from harness.netns.agents import operand
+from harness.netns.topology import NatTopology, read_line
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
-SECRET = b"netns-comm-test-deployment-secret"
-BUCKET = "comm"
 HOSTS = ("h1", "h2", "h3", "h2")
 #: Each rank program is started through `ip netns exec` and imports numpy: allow for it.
 START_TIMEOUT = 30.0
-MODULE = ["-m", "tests.netns.test_comm_nat"]
-
-
-def operand(rank: int) -> np.ndarray:
-    """Rank ``rank``'s allreduce input. The first component makes the order of the additions
-    show: (1e16 + 1) + (-1e16 + 1) is 0.0 in float64, ((1e16 + 1) - 1e16) + 1 is 1.0."""
-    return np.array(
-        [(1e16, 1.0, -1e16, 1.0)[rank % 4], 0.1 * (rank + 1), 1.0 / (rank + 3), 10.0**-rank]
-    )
+AGENTS = ["-m", "harness.netns.agents"]
 
 
 def expected_sum(size: int) -> list[float]:
@@ -62,143 +47,6 @@ def expected_sum(size: int) -> list[float]:
     assert result[0] != (((x[0] + x[1]) + x[2]) + x[3])[0]
     as_list: list[float] = result.tolist()
     return as_list
-
-
-# -- the programs run inside the namespaces --------------------------------------------------
-
-
-def _emit(**fields: Any) -> None:
-    print(json.dumps(fields), flush=True)
-
-
-def _serve(address: str, port: int, health_port: int, lifetime: float) -> None:
-    from dataclasses import replace
-
-    from cosmicai.rendezvous.config import ServerConfig
-    from cosmicai.rendezvous.server import RendezvousServer
-
-    async def run() -> None:
-        config = replace(
-            ServerConfig(), host=address, port=port, health_port=health_port, secret=SECRET
-        )
-        async with RendezvousServer(config):
-            _emit(event="ready", port=port)
-            # Bounded: the server never outlives its test by much (the test also kills it).
-            await asyncio.sleep(lifetime)
-
-    asyncio.run(run())
-
-
-def _wait_for_exit(timeout: float) -> None:
-    """Until the test writes a line on stdin (or closes it), at most ``timeout`` seconds."""
-    readable, _, _ = select.select([sys.stdin], [], [], timeout)
-    if readable:
-        sys.stdin.readline()
-
-
-def _rank(args: argparse.Namespace) -> int:
-    from cosmicai.comm import Communicator, FallbackLinks, StoreLinks, derive_job_key
-    from cosmicai.comm.links import LinkMaker
-    from cosmicai.comm.punch import PunchLinks, punch_links
-    from cosmicai.exceptions import CommError
-    from cosmicai.storage import LocalStorage
-
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format=f"rank {args.rank} %(name)s: %(message)s"
-    )
-    host, _, port = args.server.rpartition(":")
-    punch = punch_links(
-        rank=args.rank,
-        size=args.size,
-        job_id=args.job,
-        key=derive_job_key(SECRET, args.job),
-        rendezvous_host=host,
-        rendezvous_port=int(port),
-        rendezvous_secret=SECRET,
-        deadline_s=20.0,
-    )
-    assert isinstance(punch, PunchLinks)
-    _emit(event="registered", rank=args.rank, port=punch.port, public=punch.public)
-    links: LinkMaker = punch
-    fallback = None
-    if args.store:
-        store = StoreLinks(
-            args.rank, LocalStorage(args.store), BUCKET, f"comm/{args.job}/", poll_max_s=0.01
-        )
-        links = fallback = FallbackLinks(punch, store, link_deadline_s=args.link_deadline)
-    comm = Communicator(args.rank, args.size, links, deadline_s=args.deadline)
-    try:
-        total = np.empty(4)
-        comm.Allreduce(operand(args.rank), total)
-        if args.all_pairs:
-            # Every pair, in ascending pair order on every rank (no waiting cycle).
-            for peer in range(args.size):
-                if peer != args.rank:
-                    comm.send(args.rank, peer, tag=1)
-            for peer in range(args.size):
-                if peer != args.rank:
-                    assert comm.recv(peer, tag=1) == peer
-        stats = comm.link_stats()
-        _emit(
-            event="result",
-            rank=args.rank,
-            allreduce=total.tolist(),
-            kinds=stats.by_kind,
-            peers={str(p): kind for p, kind in stats.peers.items()},
-            setup={str(p): seconds for p, seconds in stats.setup_seconds.items()},
-            routes={str(p): o.route for p, o in punch.outcomes.items()},
-            reasons={str(p): why for p, why in (fallback.reasons if fallback else {}).items()},
-            refusals=punch.refusals,
-        )
-        if args.victim:
-            _emit(event="ready")
-            time.sleep(30)  # killed by the test long before
-            return 0
-        if args.survivor:
-            _emit(event="entering")
-            started = time.monotonic()
-            try:
-                comm.Allreduce(operand(args.rank), total)
-            except CommError as exc:
-                _emit(
-                    event="failed",
-                    error=type(exc).__name__,
-                    message=str(exc),
-                    elapsed=time.monotonic() - started,
-                )
-                return 0
-            _emit(event="finished", elapsed=time.monotonic() - started)
-            return 0
-        _wait_for_exit(30)
-    finally:
-        comm.close()
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.netns.test_comm_nat")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve")
-    serve.add_argument("--address", required=True)
-    serve.add_argument("--port", type=int, required=True)
-    serve.add_argument("--health-port", type=int, required=True)
-    serve.add_argument("--lifetime", type=float, default=60.0)
-    rank = commands.add_parser("rank")
-    rank.add_argument("--server", required=True)
-    rank.add_argument("--rank", type=int, required=True)
-    rank.add_argument("--size", type=int, required=True)
-    rank.add_argument("--job", required=True)
-    rank.add_argument("--store", default="")
-    rank.add_argument("--link-deadline", type=float, default=1.0)
-    rank.add_argument("--deadline", type=float, default=15.0)
-    rank.add_argument("--all-pairs", action="store_true")
-    rank.add_argument("--victim", action="store_true")
-    rank.add_argument("--survivor", action="store_true")
-    args = parser.parse_args(argv)
-    if args.command == "serve":
-        _serve(args.address, args.port, args.health_port, args.lifetime)
-        return 0
-    return _rank(args)
 
 
 # -- the tests -------------------------------------------------------------------------------
@@ -215,25 +63,9 @@ def _stop(process: subprocess.Popen[str]) -> None:
 @contextlib.contextmanager
 def rendezvous_server(topology: NatTopology) -> Iterator[str]:
     """The real rendezvous server on the public host "server"; yields its ip:port."""
-    address = topology.addresses["server"]
-    port = topology.allocate_port()
-    process = topology.spawn(
-        "server",
-        [
-            *MODULE,
-            "serve",
-            "--address",
-            address,
-            "--port",
-            str(port),
-            "--health-port",
-            str(topology.allocate_port()),
-        ],
-    )
+    process, endpoint = topology.start_rendezvous(lifetime=60.0)
     try:
-        line = read_line(process, START_TIMEOUT)
-        assert json.loads(line)["event"] == "ready", line
-        yield f"{address}:{port}"
+        yield endpoint
     finally:
         _stop(process)
 
@@ -256,7 +88,7 @@ class Ranks:
             topology.spawn(
                 host,
                 [
-                    *MODULE,
+                    *AGENTS,
                     "rank",
                     "--rank",
                     str(r),
@@ -306,7 +138,7 @@ def same_network(topology: NatTopology, a: str, b: str) -> bool:
 def probe(topology: NatTopology, source: str, target: Sequence[Any]) -> str:
     done = topology.run(
         source,
-        ["-m", "tests.netns.agents", "probe", "--to", f"{target[0]}:{target[1]}", "--timeout", "1"],
+        [*AGENTS, "probe", "--to", f"{target[0]}:{target[1]}", "--timeout", "1"],
         15,
     )
     assert done.returncode == 0, done.stderr
@@ -426,7 +258,3 @@ def test_a_rank_killed_mid_collective_is_an_error_not_a_hang(cone_nat: NatTopolo
     assert outcomes[0]["error"] == "PeerLostError"
     assert "rank 1 aborted" in outcomes[0]["message"]
     assert max(outcome["elapsed"] for outcome in outcomes.values()) < deadline / 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

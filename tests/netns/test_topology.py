@@ -1,6 +1,6 @@
 """Proof that the namespace NATs behave like real ones, and the reference TCP hole punch.
 
-Each check runs plain-socket agents (tests/netns/agents.py) inside the namespaces.
+Each check runs plain-socket agents (harness/netns/agents.py) inside the namespaces.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.netns.topology import (
+from harness.netns.topology import (
     BASE_PREFIX,
     NatSpec,
     NatTopology,
@@ -25,9 +25,9 @@ from tests.netns.topology import (
     remove_leftovers,
 )
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
-AGENTS = ["-m", "tests.netns.agents"]
+AGENTS = ["-m", "harness.netns.agents"]
 
 
 def _last_json(text: str) -> dict[str, Any]:
@@ -241,7 +241,7 @@ def test_close_removes_everything_and_a_failed_build_cleans_up(
     assert not [n for n in list_netns() if n.startswith(prefix)]
 
     # A ruleset nft rejects, so the build fails halfway: nothing may stay behind.
-    monkeypatch.setattr("tests.netns.topology._ruleset", lambda router: "this is not nft\n")
+    monkeypatch.setattr("harness.netns.topology._ruleset", lambda router: "this is not nft\n")
     broken = NatTopology([NatSpec("nat1", "cone", ("h1",))])
     with pytest.raises(TopologyError, match="nft"):
         broken.build()

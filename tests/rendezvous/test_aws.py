@@ -16,9 +16,8 @@ from cosmicai.constants import ENV_ECS_CONTAINER_METADATA_URI_V4
 from cosmicai.exceptions import DnsRegistrationError, RendezvousConfigError
 from cosmicai.rendezvous.route53 import self_register
 from cosmicai.rendezvous.secret import load_secret
-from tests.rendezvous.aws_fakes import container_metadata_endpoint, make_task_interface
-from tests.rendezvous.helpers import async_test
-from tests.rendezvous.test_serve_process import ServerProcess
+from harness.ecs_metadata import container_metadata_endpoint, make_task_interface
+from harness.rendezvous import ServerProcess, async_test
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -152,6 +151,7 @@ def moto_endpoint(aws_env: None) -> Iterator[str]:
         server.stop()
 
 
+@pytest.mark.slow
 @async_test
 async def test_serve_registers_its_record_at_start(moto_endpoint: str) -> None:
     import boto3

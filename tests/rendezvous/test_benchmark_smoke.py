@@ -12,6 +12,7 @@ import pytest
 ROOT = Path(__file__).parents[2]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_benchmark_runs_and_writes_its_report(tmp_path: Path) -> None:
     out = tmp_path / "bench.md"

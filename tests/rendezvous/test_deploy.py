@@ -34,6 +34,7 @@ def load_template() -> dict[str, Any]:
     return template
 
 
+@pytest.mark.slow
 def test_template_passes_cfn_lint() -> None:
     cfnlint_api = pytest.importorskip(
         "cfnlint.api", reason="cfn-lint is not installed (pip install -e '.[dev]')"

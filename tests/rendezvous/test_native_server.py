@@ -31,7 +31,8 @@ from cosmicai.rendezvous.messages import (
     Register,
     encode,
 )
-from tests.rendezvous.helpers import (
+from harness.net import free_port
+from harness.rendezvous import (
     LOOPBACK,
     SECRET,
     async_test,
@@ -63,6 +64,7 @@ async def expect_error(reader: asyncio.StreamReader, code: ErrorCode) -> str:
 # -- connection and framing -------------------------------------------------------------
 
 
+@pytest.mark.uvloop
 @async_test
 async def test_preamble_auth_and_request_split_into_single_bytes() -> None:
     async with running_server() as server:
@@ -102,6 +104,7 @@ async def test_zero_byte_without_the_magic_is_dropped_silently() -> None:
         writer.close()
 
 
+@pytest.mark.uvloop
 @async_test
 async def test_oversized_frame_is_refused_from_its_header() -> None:
     async with running_server(max_frame_bytes=256) as server:
@@ -194,6 +197,7 @@ async def test_stale_timestamp_is_refused() -> None:
         writer.close()
 
 
+@pytest.mark.uvloop
 @async_test
 async def test_replayed_auth_is_refused_on_another_connection() -> None:
     async with running_server() as server:
@@ -309,6 +313,7 @@ async def test_second_request_while_pending_is_unexpected() -> None:
 # -- worlds -----------------------------------------------------------------------------
 
 
+@pytest.mark.uvloop
 @async_test
 async def test_world_completes_and_every_rank_gets_every_record() -> None:
     async with running_server() as server:
@@ -333,6 +338,7 @@ async def test_world_completes_and_every_rank_gets_every_record() -> None:
             await conn.close()
 
 
+@pytest.mark.uvloop
 @async_test
 async def test_partial_world_is_an_error_to_every_registered_rank() -> None:
     async with running_server() as server:
@@ -439,10 +445,7 @@ async def test_blocking_client_registers_from_threads() -> None:
 async def test_client_binds_the_given_local_port_and_shares_it() -> None:
     async with running_server() as server:
         # GIVEN a free local port
-        probe = socket.socket()
-        probe.bind((LOOPBACK, 0))
-        port = probe.getsockname()[1]
-        probe.close()
+        port = free_port()
         # WHEN the client binds it
         conn = await RendezvousClient.connect(
             LOOPBACK, server.port, secret=SECRET, local_address=(LOOPBACK, port)
@@ -458,6 +461,7 @@ async def test_client_binds_the_given_local_port_and_shares_it() -> None:
         await conn.close()
 
 
+@pytest.mark.uvloop
 @async_test
 async def test_shutdown_tells_waiting_clients() -> None:
     server_cm = running_server()
@@ -473,10 +477,7 @@ async def test_shutdown_tells_waiting_clients() -> None:
 
 @async_test
 async def test_unreachable_server_is_named() -> None:
-    probe = socket.socket()
-    probe.bind((LOOPBACK, 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_port()
     with pytest.raises(RendezvousError, match=f"cannot reach the rendezvous server at .*:{port}"):
         await client(port)
 

@@ -3,65 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import signal
 import subprocess
 import sys
-from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
+from cosmicai.constants import ENV_RENDEZVOUS_SECRET
 from cosmicai.exceptions import RendezvousRefusedError
 from cosmicai.rendezvous.cli import app
 from cosmicai.rendezvous.client import RendezvousClient
 from cosmicai.rendezvous.messages import ErrorCode
 from cosmicai.rendezvous.tcpunch import RECORD_SIZE
-from tests.rendezvous.helpers import LOOPBACK, SECRET, async_test, connect, read_to_eof
+from harness.rendezvous import (
+    LOOPBACK,
+    SECRET,
+    ServerProcess,
+    async_test,
+    connect,
+    read_to_eof,
+)
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]
 
-SECRET_ENV = "COSMICAI_RENDEZVOUS_SECRET"
-
-
-class ServerProcess:
-    """The server in a child process, its JSON log lines read as they come."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-        self.log: list[dict[str, Any]] = []
-
-    @classmethod
-    async def start(cls, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cosmicai.rendezvous", "serve",
-            "--host", LOOPBACK, "--port", "0", "--health-port", "0", *args,
-            stderr=subprocess.PIPE,
-            env={**os.environ, SECRET_ENV: SECRET.decode(), **(env or {})},
-        )  # fmt: skip
-        return cls(process)
-
-    async def wait_for(self, event: str, timeout: float = 20.0) -> dict[str, Any]:
-        assert self.process.stderr is not None
-        async with asyncio.timeout(timeout):
-            while True:
-                line = await self.process.stderr.readline()
-                if not line:
-                    raise AssertionError(f"server exited before {event!r}: {self.log}")
-                entry: dict[str, Any] = json.loads(line)
-                self.log.append(entry)
-                if entry["event"] == event:
-                    return entry
-
-    async def stop(self, signum: signal.Signals) -> int:
-        self.process.send_signal(signum)
-        return await self.wait_exit()
-
-    async def wait_exit(self) -> int:
-        await self.wait_for("stopped")
-        async with asyncio.timeout(10):
-            return await self.process.wait()
+SECRET_ENV = ENV_RENDEZVOUS_SECRET
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

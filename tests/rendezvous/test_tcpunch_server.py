@@ -11,7 +11,7 @@ import pytest
 
 from cosmicai.rendezvous.endpoint import Endpoint
 from cosmicai.rendezvous.tcpunch import RECORD_SIZE, decode_record, encode_record, tcpunch_pair
-from tests.rendezvous.helpers import (
+from harness.rendezvous import (
     LOOPBACK,
     async_test,
     connect,
@@ -35,6 +35,7 @@ def own_endpoint(writer: asyncio.StreamWriter) -> Endpoint:
     return Endpoint.from_sockaddr(writer.get_extra_info("sockname"))
 
 
+@pytest.mark.uvloop
 @async_test
 async def test_two_clients_get_own_record_then_peer_record_then_eof() -> None:
     async with running_server() as server:
@@ -55,6 +56,7 @@ async def test_two_clients_get_own_record_then_peer_record_then_eof() -> None:
         writer_b.close()
 
 
+@pytest.mark.uvloop
 @async_test
 async def test_accepted_sockets_keep_alive_so_vanished_hosts_are_noticed() -> None:
     async with running_server() as server:
@@ -144,6 +146,7 @@ async def test_bytes_after_the_name_drop_the_waiter() -> None:
         writer.close()
 
 
+@pytest.mark.uvloop
 @async_test
 async def test_a_waiter_that_left_is_never_paired() -> None:
     async with running_server() as server:
@@ -176,6 +179,7 @@ async def test_an_expired_waiter_is_closed_and_not_paired() -> None:
         writer_b.close()
 
 
+@pytest.mark.uvloop
 @async_test
 async def test_partners_resetting_while_others_pair_do_not_hurt_the_server() -> None:
     # The reference server died of SIGPIPE when it wrote to waiters that had gone.

@@ -16,7 +16,7 @@ from cosmicai.data.format import (
     partition_number,
 )
 from cosmicai.exceptions import PartitionFormatError
-from tests.conftest import make_partition
+from harness.data import make_partition
 
 
 def test_round_trip_is_exact_and_readable_by_safetensors() -> None:

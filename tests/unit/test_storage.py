@@ -15,7 +15,7 @@ from cosmicai.storage import (
     open_storage,
     parse_location,
 )
-from tests.conftest import BUCKET
+from harness.data import BUCKET
 
 
 def test_put_get_list_delete(storage: Storage) -> None:
@@ -40,6 +40,7 @@ def test_missing_object_is_named(storage: Storage) -> None:
         storage.get(BUCKET, "nope/missing.bin")
 
 
+@pytest.mark.slow
 def test_listing_is_complete_past_1000_keys(storage: Storage) -> None:
     # GIVEN more keys than one S3 LIST page returns
     for i in range(1, 1206):
@@ -57,6 +58,7 @@ def test_overwrite_replaces_whole_object(storage: Storage) -> None:
     assert storage.get(BUCKET, "k") == b"new"
 
 
+@pytest.mark.slow
 def test_large_object_is_read_with_ranged_gets(s3_client: Any) -> None:
     # GIVEN an object above the ranged-read threshold
     storage = S3Storage(s3_client, ranged_get_threshold=1024)

@@ -306,7 +306,7 @@ class NatTopology:
 
     @staticmethod
     def python_env() -> dict[str, str]:
-        # The repo root makes `tests.netns.agents` importable; src makes `cosmicai` importable
+        # The repo root makes `harness.netns.agents` importable; src makes `cosmicai` importable
         # even when the package is not installed into the interpreter.
         paths = [str(REPO_ROOT / "src"), str(REPO_ROOT)]
         if os.environ.get("PYTHONPATH"):
@@ -361,13 +361,13 @@ class NatTopology:
     def start_toy_server(
         self, host: str = "server", *, lifetime: float = 30.0
     ) -> tuple[subprocess.Popen[str], tuple[str, int]]:
-        """Start the toy server of ``tests.netns.agents`` on ``host``; return once it listens."""
+        """Start the toy server of ``harness.netns.agents`` on ``host``; return once it listens."""
         endpoint = (self._plan.hosts[host].address, self.allocate_port())
         process = self.spawn(
             host,
             [
                 "-m",
-                "tests.netns.agents",
+                "harness.netns.agents",
                 "serve",
                 "--address",
                 endpoint[0],
@@ -379,6 +379,35 @@ class NatTopology:
         )
         read_line(process, 10.0)
         return process, endpoint
+
+    def start_rendezvous(
+        self, host: str = "server", *, lifetime: float = 600.0
+    ) -> tuple[subprocess.Popen[str], str]:
+        """Start the real rendezvous server (``harness.netns.agents rendezvous``, whose secret is
+        ``agents.SECRET``) on ``host``; return it, once it listens, with its ``ip:port``."""
+        address = self._plan.hosts[host].address
+        port = self.allocate_port()
+        process = self.spawn(
+            host,
+            [
+                "-m",
+                "harness.netns.agents",
+                "rendezvous",
+                "--address",
+                address,
+                "--port",
+                str(port),
+                "--health-port",
+                str(self.allocate_port()),
+                "--lifetime",
+                str(lifetime),
+            ],
+        )
+        # Importing cosmicai through `ip netns exec` takes a while on a busy machine.
+        line = read_line(process, 30.0)
+        if '"ready"' not in line:
+            raise TopologyError(f"the rendezvous server on {host} did not start: {line}")
+        return process, f"{address}:{port}"
 
     def conntrack(self, router: str) -> str:
         """The router's conntrack table, for diagnosing a failed punch."""

@@ -1,4 +1,5 @@
-"""Worlds of ranks for the communicator tests: threads or forked processes, real sockets."""
+"""Worlds of ranks for the communicator tests and benchmarks: threads or forked processes,
+real sockets."""
 
 from __future__ import annotations
 
@@ -144,29 +145,59 @@ def run_threads_outcomes(
     return outcomes
 
 
-def run_processes(
+class TcpWorld:
+    """Static TCP link makers on loopback for forked ranks.
+
+    The listening sockets are made before the fork and the link makers in each child (threads
+    do not survive a fork): call the world with a rank in that rank's child, and ``close()`` in
+    the parent once the children run.
+    """
+
+    def __init__(self, size: int, *, key: bytes = KEY, job_id: str = JOB) -> None:
+        self.size = size
+        self.key = key
+        self.job_id = job_id
+        self.listeners, self.endpoints = tcp_endpoints(size)
+
+    def __call__(self, rank: int) -> LinkMaker:
+        for other, listener in enumerate(self.listeners):
+            if other != rank:
+                listener.close()
+        return StaticTcpLinks(
+            rank,
+            self.size,
+            self.endpoints,
+            key=self.key,
+            job_id=self.job_id,
+            listener=self.listeners[rank],
+        )
+
+    def close(self) -> None:
+        for listener in self.listeners:
+            listener.close()  # the parent's copies: the children hold their own
+
+
+def run_forked(
     size: int,
+    make_links: Callable[[int], LinkMaker],
     body: Callable[[Communicator], Any],
     workdir: Path,
     *,
     deadline_s: float = 20.0,
+    wait_s: float | None = None,
 ) -> list[Outcome]:
-    """Run ``body`` on every rank in forked processes over real loopback TCP.
+    """Run ``body`` on every rank in a forked process, its link maker ``make_links(rank)``
+    made in the child.
 
-    The listening sockets are made before the fork and the link makers in each child (threads
-    do not survive a fork). Results come back through files encoded with the communicator's
-    own serializer (no pickle); a rank that dies without writing one gets a
-    ProcessLookupError as its error.
+    Results come back through files encoded with the communicator's own serializer (no
+    pickle); a rank that raised gets a RemoteError, one that died without writing its file a
+    ProcessLookupError. Ranks still running ``wait_s`` seconds after the start (by default
+    three deadlines and 20 s) are killed.
     """
-    listeners, endpoints = tcp_endpoints(size)
     context = multiprocessing.get_context("fork")
 
     def child(rank: int) -> None:
-        for other, listener in enumerate(listeners):
-            if other != rank:
-                listener.close()
-        links = StaticTcpLinks(rank, size, endpoints, key=KEY, job_id=JOB, listener=listeners[rank])
-        comm = Communicator(rank, size, links, deadline_s=deadline_s)
+        comm = Communicator(rank, size, make_links(rank), deadline_s=deadline_s)
         started = time.monotonic()
         try:
             record: dict[str, Any] = {"value": body(comm)}
@@ -179,9 +210,9 @@ def run_processes(
     processes = [context.Process(target=child, args=(rank,)) for rank in range(size)]
     for process in processes:
         process.start()
-    for listener in listeners:
-        listener.close()  # the parent's copies: the children hold their own
-    limit = time.monotonic() + deadline_s * 3 + 20
+    if isinstance(make_links, TcpWorld):
+        make_links.close()
+    limit = time.monotonic() + (deadline_s * 3 + 20 if wait_s is None else wait_s)
     for process in processes:
         process.join(timeout=max(0.1, limit - time.monotonic()))
     for process in processes:
@@ -200,6 +231,17 @@ def run_processes(
             outcome.error = RemoteError(record["error"], record["message"])
         outcomes.append(outcome)
     return outcomes
+
+
+def run_processes(
+    size: int,
+    body: Callable[[Communicator], Any],
+    workdir: Path,
+    *,
+    deadline_s: float = 20.0,
+) -> list[Outcome]:
+    """Run ``body`` on every rank in forked processes over real loopback TCP."""
+    return run_forked(size, TcpWorld(size), body, workdir, deadline_s=deadline_s)
 
 
 class RemoteError(Exception):

@@ -1,8 +1,14 @@
-"""Small plain-socket programs the NAT tests run inside namespaces.
+"""The one program the NAT tests and the hole-punching benchmark run inside namespaces.
 
-Run as ``python -m tests.netns.agents <command> ...`` (``NatTopology.run``/``spawn`` set
-PYTHONPATH). Every client command prints one JSON object per line on stdout; every loop is
-bounded by a deadline.
+Run as ``python -m harness.netns.agents <command> ...`` (``NatTopology.run``/``spawn`` set
+PYTHONPATH). Every command prints one JSON object per line on stdout; every loop is bounded by
+a deadline.
+
+Plain-socket commands (they check the topology itself, with no cosmicai code): ``serve``,
+``observe``, ``expose``, ``probe``, ``punch``. The cosmicai commands: ``rendezvous`` (the real
+rendezvous server), ``rank`` (one communicator rank over hole-punched links, for
+tests/netns/test_comm_nat.py) and ``link-rounds`` (one rank of the punch benchmark: many fresh
+two-rank worlds in a row).
 
 The ``serve`` command is a toy rendezvous server with a line protocol:
 
@@ -24,15 +30,24 @@ import asyncio
 import contextlib
 import errno
 import json
+import select
 import selectors
 import socket
 import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 Endpoint = tuple[str, int]
+
+#: The deployment secret of the real rendezvous server the cosmicai commands start and use.
+SECRET = b"netns-harness-deployment-secret"
+#: The bucket of the object-store fallback (a local directory given with ``rank --store``).
+BUCKET = "comm"
 
 #: How long the server waits for a client's first line before dropping it.
 _HELLO_TIMEOUT = 5.0
@@ -324,8 +339,174 @@ def _punch(
     return 0
 
 
+# -- cosmicai programs ------------------------------------------------------------------------
+# cosmicai and numpy are imported inside these: the plain-socket commands above start many
+# times per test session and need neither.
+
+
+def operand(rank: int) -> np.ndarray:
+    """Rank ``rank``'s allreduce input. The first component makes the order of the additions
+    show: (1e16 + 1) + (-1e16 + 1) is 0.0 in float64, ((1e16 + 1) - 1e16) + 1 is 1.0."""
+    import numpy as np
+
+    return np.array(
+        [(1e16, 1.0, -1e16, 1.0)[rank % 4], 0.1 * (rank + 1), 1.0 / (rank + 3), 10.0**-rank]
+    )
+
+
+def _rendezvous(address: str, port: int, health_port: int, lifetime: float) -> None:
+    from dataclasses import replace
+
+    from cosmicai.rendezvous.config import ServerConfig
+    from cosmicai.rendezvous.server import RendezvousServer
+
+    async def run() -> None:
+        config = replace(
+            ServerConfig(), host=address, port=port, health_port=health_port, secret=SECRET
+        )
+        async with RendezvousServer(config):
+            _emit(event="ready", port=port)
+            # Bounded: the server never outlives its user by much (who also kills it).
+            await asyncio.sleep(lifetime)
+
+    asyncio.run(run())
+
+
+def _wait_for_exit(timeout: float) -> None:
+    """Until the test writes a line on stdin (or closes it), at most ``timeout`` seconds."""
+    readable, _, _ = select.select([sys.stdin], [], [], timeout)
+    if readable:
+        sys.stdin.readline()
+
+
+def _rank(args: argparse.Namespace) -> int:
+    import logging
+
+    import numpy as np
+
+    from cosmicai.comm import Communicator, FallbackLinks, StoreLinks, derive_job_key
+    from cosmicai.comm.links import LinkMaker
+    from cosmicai.comm.punch import PunchLinks, punch_links
+    from cosmicai.exceptions import CommError
+    from cosmicai.storage import LocalStorage
+
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format=f"rank {args.rank} %(name)s: %(message)s"
+    )
+    host, port = args.server
+    punch = punch_links(
+        rank=args.rank,
+        size=args.size,
+        job_id=args.job,
+        key=derive_job_key(SECRET, args.job),
+        rendezvous_host=host,
+        rendezvous_port=port,
+        rendezvous_secret=SECRET,
+        deadline_s=20.0,
+    )
+    assert isinstance(punch, PunchLinks)
+    _emit(event="registered", rank=args.rank, port=punch.port, public=punch.public)
+    links: LinkMaker = punch
+    fallback = None
+    if args.store:
+        store = StoreLinks(
+            args.rank, LocalStorage(args.store), BUCKET, f"comm/{args.job}/", poll_max_s=0.01
+        )
+        links = fallback = FallbackLinks(punch, store, link_deadline_s=args.link_deadline)
+    comm = Communicator(args.rank, args.size, links, deadline_s=args.deadline)
+    try:
+        total = np.empty(4)
+        comm.Allreduce(operand(args.rank), total)
+        if args.all_pairs:
+            # Every pair, in ascending pair order on every rank (no waiting cycle).
+            for peer in range(args.size):
+                if peer != args.rank:
+                    comm.send(args.rank, peer, tag=1)
+            for peer in range(args.size):
+                if peer != args.rank:
+                    assert comm.recv(peer, tag=1) == peer
+        stats = comm.link_stats()
+        _emit(
+            event="result",
+            rank=args.rank,
+            allreduce=total.tolist(),
+            kinds=stats.by_kind,
+            peers={str(p): kind for p, kind in stats.peers.items()},
+            setup={str(p): seconds for p, seconds in stats.setup_seconds.items()},
+            routes={str(p): o.route for p, o in punch.outcomes.items()},
+            reasons={str(p): why for p, why in (fallback.reasons if fallback else {}).items()},
+            refusals=punch.refusals,
+        )
+        if args.victim:
+            _emit(event="ready")
+            time.sleep(30)  # killed by the test long before
+            return 0
+        if args.survivor:
+            _emit(event="entering")
+            started = time.monotonic()
+            try:
+                comm.Allreduce(operand(args.rank), total)
+            except CommError as exc:
+                _emit(
+                    event="failed",
+                    error=type(exc).__name__,
+                    message=str(exc),
+                    elapsed=time.monotonic() - started,
+                )
+                return 0
+            _emit(event="finished", elapsed=time.monotonic() - started)
+            return 0
+        _wait_for_exit(30)
+    finally:
+        comm.close()
+    return 0
+
+
+def _link_rounds(server: Endpoint, rank: int, rounds: int, job_prefix: str) -> None:
+    """Rounds of a fresh two-rank world: register, link at once, one round trip to prove it."""
+    from cosmicai.comm import derive_job_key
+    from cosmicai.comm.frames import FrameKind
+    from cosmicai.comm.punch import PunchLinks, punch_links
+
+    peer = 1 - rank
+    for index in range(rounds):
+        job = f"{job_prefix}-{index}"
+        maker = punch_links(
+            rank=rank,
+            size=2,
+            job_id=job,
+            key=derive_job_key(SECRET, job),
+            rendezvous_host=server[0],
+            rendezvous_port=server[1],
+            rendezvous_secret=SECRET,
+            deadline_s=30.0,
+        )
+        assert isinstance(maker, PunchLinks)
+        registered = time.monotonic()
+        channel = maker.link(peer, registered + 10.0)
+        linked = time.monotonic()
+        deadline = linked + 10.0
+        if rank == 0:
+            channel.send(FrameKind.OBJECT, 1, [b"ping"], deadline)
+            assert bytes(channel.recv(2, deadline).payload) == b"pong"
+        else:
+            assert bytes(channel.recv(1, deadline).payload) == b"ping"
+            channel.send(FrameKind.OBJECT, 2, [b"pong"], deadline)
+        outcome = maker.outcomes[peer]
+        _emit(
+            round=index,
+            registered=registered,
+            linked=linked,
+            via=outcome.via,
+            route=outcome.route,
+            connects=outcome.connects,
+        )
+        channel.close()
+        maker.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.netns.agents")
+    parser = argparse.ArgumentParser(prog="python -m harness.netns.agents")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve")
     serve.add_argument("--address", required=True)
@@ -348,6 +529,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     punch.add_argument("--attempt-timeout", type=float, default=0.5)
     punch.add_argument("--message", default="hello")
     punch.add_argument("--start-delay", type=float, default=0.0)
+    rendezvous = commands.add_parser("rendezvous")
+    rendezvous.add_argument("--address", required=True)
+    rendezvous.add_argument("--port", type=int, required=True)
+    rendezvous.add_argument("--health-port", type=int, required=True)
+    rendezvous.add_argument("--lifetime", type=float, default=60.0)
+    rank = commands.add_parser("rank")
+    rank.add_argument("--server", type=_endpoint, required=True)
+    rank.add_argument("--rank", type=int, required=True)
+    rank.add_argument("--size", type=int, required=True)
+    rank.add_argument("--job", required=True)
+    rank.add_argument("--store", default="")
+    rank.add_argument("--link-deadline", type=float, default=1.0)
+    rank.add_argument("--deadline", type=float, default=15.0)
+    rank.add_argument("--all-pairs", action="store_true")
+    rank.add_argument("--victim", action="store_true")
+    rank.add_argument("--survivor", action="store_true")
+    rounds = commands.add_parser("link-rounds")
+    rounds.add_argument("--server", type=_endpoint, required=True)
+    rounds.add_argument("--rank", type=int, required=True)
+    rounds.add_argument("--rounds", type=int, required=True)
+    rounds.add_argument("--job-prefix", required=True)
     args = parser.parse_args(argv)
 
     if args.command == "serve":
@@ -367,6 +569,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.message,
             args.start_delay,
         )
+    elif args.command == "rendezvous":
+        _rendezvous(args.address, args.port, args.health_port, args.lifetime)
+    elif args.command == "rank":
+        return _rank(args)
+    elif args.command == "link-rounds":
+        _link_rounds(args.server, args.rank, args.rounds, args.job_prefix)
     return 0
 
 
