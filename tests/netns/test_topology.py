@@ -205,7 +205,9 @@ def test_hole_punch_succeeds_across_cone_nats(cone_nat: NatTopology, late: float
         assert a["peer"] == b["public"] and b["peer"] == a["public"]
         assert a["public"] == [cone_nat.addresses["nat1"], a["local_port"]]
         # Up as soon as the late side sends its SYN (no waiting for a 1 s SYN retransmission).
-        assert late <= a["link_s"] < late + 0.3 and b["link_s"] < 0.3
+        # The two sides read the peer record at slightly different moments (each process is
+        # scheduled on its own), so the early side's wait may fall short of `late` by a little.
+        assert late - 0.05 <= a["link_s"] < late + 0.3 and b["link_s"] < 0.3
         assert {a["via"], b["via"]} <= {"connect", "accept"}
 
 

@@ -25,11 +25,12 @@ from harness.rendezvous import (
     read_to_eof,
 )
 
-pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]
+pytestmark = pytest.mark.timeout(60)
 
 SECRET_ENV = ENV_RENDEZVOUS_SECRET
 
 
+@pytest.mark.slow  # a server process
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 @async_test
 async def test_signal_stops_the_server_cleanly_and_tells_waiting_clients(
@@ -61,6 +62,7 @@ async def test_signal_stops_the_server_cleanly_and_tells_waiting_clients(
     tcpunch_writer.close()
 
 
+@pytest.mark.slow  # a server process
 @async_test
 async def test_healthcheck_command_against_a_running_server() -> None:
     server = await ServerProcess.start()
