@@ -32,6 +32,7 @@ import numpy as np
 from cosmicai.bench.machine import machine
 from cosmicai.comm import (
     Communicator,
+    Endpoint,
     LinkMaker,
     StaticTcpLinks,
     StoreLinks,
@@ -95,7 +96,7 @@ def run_world(
 
 def tcp_world(size: int) -> Callable[[int], LinkMaker]:
     listeners = loopback_listeners(size)
-    endpoints = [(str(s.getsockname()[0]), int(s.getsockname()[1])) for s in listeners]
+    endpoints = [Endpoint.from_sockaddr(s.getsockname()) for s in listeners]
 
     def make(rank: int) -> LinkMaker:
         # In the child: close the other ranks' listeners, keep its own.

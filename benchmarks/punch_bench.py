@@ -62,8 +62,8 @@ def _emit(**fields: Any) -> None:
 
 
 def serve(address: str, port: int, health_port: int, lifetime: float) -> None:
-    from cosmicai.rendezvous.config import ServerConfig
     from cosmicai.rendezvous.server import RendezvousServer
+    from cosmicai.rendezvous.server.config import ServerConfig
 
     async def run() -> None:
         config = replace(
@@ -80,8 +80,8 @@ def rank_program(server: str, rank: int, rounds: int, job_prefix: str) -> None:
     from cosmicai.comm import derive_job_key
     from cosmicai.comm.frames import FrameKind
     from cosmicai.comm.punch import PunchLinks, punch_links
+    from cosmicai.rendezvous.wire import Endpoint
 
-    host, _, port = server.rpartition(":")
     peer = 1 - rank
     for index in range(rounds):
         job = f"{job_prefix}-{index}"
@@ -90,8 +90,7 @@ def rank_program(server: str, rank: int, rounds: int, job_prefix: str) -> None:
             size=2,
             job_id=job,
             key=derive_job_key(SECRET, job),
-            rendezvous_host=host,
-            rendezvous_port=int(port),
+            rendezvous=Endpoint.parse(server),
             rendezvous_secret=SECRET,
             deadline_s=30.0,
         )

@@ -38,11 +38,11 @@ from pathlib import Path
 from typing import Any
 
 from cosmicai.bench.machine import machine
-from cosmicai.rendezvous.auth import make_auth
-from cosmicai.rendezvous.endpoint import Endpoint
-from cosmicai.rendezvous.framing import DEFAULT_MAX_RESPONSE_FRAME, PREAMBLE, FrameDecoder
-from cosmicai.rendezvous.messages import MessageType, Register, World, decode, encode
-from cosmicai.rendezvous.tcpunch import RECORD_SIZE, encode_record
+from cosmicai.rendezvous.wire.auth import make_auth
+from cosmicai.rendezvous.wire.endpoint import Endpoint
+from cosmicai.rendezvous.wire.framing import DEFAULT_MAX_RESPONSE_FRAME, PREAMBLE, FrameDecoder
+from cosmicai.rendezvous.wire.messages import MessageType, Register, World, decode, encode
+from cosmicai.rendezvous.wire.tcpunch import RECORD_SIZE, encode_record
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"

@@ -74,8 +74,8 @@ class LocalRendezvous:
     def _serve(self) -> None:
         import asyncio
 
-        from cosmicai.rendezvous.config import ServerConfig
-        from cosmicai.rendezvous.server import RendezvousServer
+        # Lazy: only a local run with direct links needs the server.
+        from cosmicai.rendezvous.server import RendezvousServer, ServerConfig
 
         async def main() -> None:
             self._loop = asyncio.get_running_loop()

@@ -11,7 +11,13 @@ from typing import Any
 
 import pytest
 
-from cosmicai.comm import StaticTcpLinks, authenticate_link, derive_job_key, loopback_listeners
+from cosmicai.comm import (
+    Endpoint,
+    StaticTcpLinks,
+    authenticate_link,
+    derive_job_key,
+    loopback_listeners,
+)
 from cosmicai.comm.handshake import (
     HANDSHAKE_VERSION,
     HELLO,
@@ -233,13 +239,14 @@ def test_job_keys_differ_per_job() -> None:
 def test_a_listening_rank_refuses_a_stranger_and_still_links_its_peer() -> None:
     # GIVEN two ranks with static links, and a stranger who knows a wrong key
     listeners = loopback_listeners(2)
-    endpoints = [(str(s.getsockname()[0]), int(s.getsockname()[1])) for s in listeners]
+    endpoints = [Endpoint.from_sockaddr(s.getsockname()) for s in listeners]
     links = [
         StaticTcpLinks(r, 2, endpoints, key=KEY, job_id=JOB, listener=listeners[r])
         for r in range(2)
     ]
     try:
-        with socket.create_connection(endpoints[1]) as intruder, pytest.raises(PeerAuthError):
+        intruder = socket.create_connection(endpoints[1].address)
+        with intruder, pytest.raises(PeerAuthError):
             authenticate_link(
                 intruder,
                 rank=0,

@@ -74,8 +74,8 @@ def _emit(**fields: Any) -> None:
 def _serve(address: str, port: int, health_port: int, lifetime: float) -> None:
     from dataclasses import replace
 
-    from cosmicai.rendezvous.config import ServerConfig
     from cosmicai.rendezvous.server import RendezvousServer
+    from cosmicai.rendezvous.server.config import ServerConfig
 
     async def run() -> None:
         config = replace(
@@ -101,24 +101,28 @@ def _rank(args: argparse.Namespace) -> int:
     from cosmicai.comm.links import LinkMaker
     from cosmicai.comm.punch import PunchLinks, punch_links
     from cosmicai.exceptions import CommError
+    from cosmicai.rendezvous.wire import Endpoint
     from cosmicai.storage import LocalStorage
 
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format=f"rank {args.rank} %(name)s: %(message)s"
     )
-    host, _, port = args.server.rpartition(":")
     punch = punch_links(
         rank=args.rank,
         size=args.size,
         job_id=args.job,
         key=derive_job_key(SECRET, args.job),
-        rendezvous_host=host,
-        rendezvous_port=int(port),
+        rendezvous=Endpoint.parse(args.server),
         rendezvous_secret=SECRET,
         deadline_s=20.0,
     )
     assert isinstance(punch, PunchLinks)
-    _emit(event="registered", rank=args.rank, port=punch.port, public=punch.public)
+    _emit(
+        event="registered",
+        rank=args.rank,
+        port=punch.port,
+        public=None if punch.public is None else punch.public.address,
+    )
     links: LinkMaker = punch
     fallback = None
     if args.store:

@@ -12,10 +12,10 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any, ParamSpec
 
-from cosmicai.rendezvous.config import ServerConfig
-from cosmicai.rendezvous.framing import HEADER, HEADER_SIZE
-from cosmicai.rendezvous.messages import Message, decode
 from cosmicai.rendezvous.server import RendezvousServer
+from cosmicai.rendezvous.server.config import ServerConfig
+from cosmicai.rendezvous.wire.framing import HEADER, HEADER_SIZE
+from cosmicai.rendezvous.wire.messages import Message, decode
 
 SECRET = b"test-deployment-secret-0123456789"
 LOOPBACK = "127.0.0.1"

@@ -17,11 +17,11 @@ from cosmicai.exceptions import (
     RendezvousTimeoutError,
     WorldIncompleteError,
 )
-from cosmicai.rendezvous.auth import make_auth
 from cosmicai.rendezvous.client import BlockingRendezvousClient, RendezvousClient
-from cosmicai.rendezvous.endpoint import Endpoint
-from cosmicai.rendezvous.framing import PREAMBLE
-from cosmicai.rendezvous.messages import (
+from cosmicai.rendezvous.wire.auth import make_auth
+from cosmicai.rendezvous.wire.endpoint import Endpoint
+from cosmicai.rendezvous.wire.framing import PREAMBLE
+from cosmicai.rendezvous.wire.messages import (
     Accepted,
     AuthOk,
     Error,

@@ -1,5 +1,5 @@
 """The server as TCPunch/FMI clients meet it, on real loopback sockets, and the reference
-server's faults (DESIGN.md §6) shown fixed."""
+server's faults (docs/rendezvous-protocol.md §2) shown fixed."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import socket
 
 import pytest
 
-from cosmicai.rendezvous.endpoint import Endpoint
-from cosmicai.rendezvous.tcpunch import RECORD_SIZE, decode_record, encode_record, tcpunch_pair
+from cosmicai.rendezvous.client import tcpunch_pair
+from cosmicai.rendezvous.server.connection import Connection
+from cosmicai.rendezvous.wire.endpoint import Endpoint
+from cosmicai.rendezvous.wire.tcpunch import RECORD_SIZE, decode_record, encode_record
 from tests.rendezvous.helpers import (
     LOOPBACK,
     async_test,
@@ -61,6 +63,7 @@ async def test_accepted_sockets_keep_alive_so_vanished_hosts_are_noticed() -> No
         reader, writer = await send_name(server.port, b"alive")
         await reader.readexactly(RECORD_SIZE)
         (conn,) = server.state.connections
+        assert isinstance(conn, Connection)
         sock = conn.transport.get_extra_info("socket")
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 30

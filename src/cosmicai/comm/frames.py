@@ -18,12 +18,11 @@ caller chose beforehand (a *claim*), which is how a numpy ``Recv`` lands without
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Callable
 from enum import IntEnum
 
-from cosmicai.constants import DEFAULT_COMM_MAX_FRAME_BYTES, ENV_COMM_MAX_FRAME_BYTES
+from cosmicai.comm.settings import CommSettings
 from cosmicai.exceptions import CommProtocolError
 
 MAGIC = b"CF"
@@ -35,10 +34,8 @@ MAX_TAG = 2**31 - 1
 
 
 def max_frame_bytes(explicit: int | None = None) -> int:
-    """The largest payload accepted: argument > COSMICAI_COMM_MAX_FRAME_BYTES > 1 GiB."""
-    if explicit is not None:
-        return explicit
-    return int(os.environ.get(ENV_COMM_MAX_FRAME_BYTES, DEFAULT_COMM_MAX_FRAME_BYTES))
+    """The largest payload accepted: argument > COSMICAI_COMM_MAX_FRAME_BYTES > default."""
+    return CommSettings.from_env(max_frame_bytes=explicit).max_frame_bytes
 
 
 class FrameKind(IntEnum):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import sys
 import urllib.error
@@ -23,8 +24,11 @@ import typer
 
 from cosmicai import constants as c
 from cosmicai.exceptions import CosmicAIError
-from cosmicai.rendezvous.config import ServerConfig
-from cosmicai.rendezvous.logs import configure_logging, log_event
+from cosmicai.rendezvous.aws.route53 import self_register
+from cosmicai.rendezvous.aws.secret import load_secret
+from cosmicai.rendezvous.client.tcpunch import tcpunch_pair
+from cosmicai.rendezvous.server import RendezvousServer, ServerConfig
+from cosmicai.rendezvous.server.logs import configure_logging, log_event
 
 app = typer.Typer(
     help="The rendezvous server: pairs workers (TCPunch and native protocol) for hole punching.",
@@ -45,8 +49,6 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 
 def raise_open_file_limit() -> int:
     """Raise this process's soft RLIMIT_NOFILE to its hard limit; return the soft limit."""
-    import resource
-
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
     if soft == resource.RLIM_INFINITY or soft >= target:
@@ -180,8 +182,6 @@ def serve(
     ] = "auto",
 ) -> None:
     """Run the rendezvous server until SIGTERM or SIGINT."""
-    from cosmicai.rendezvous.secret import load_secret
-
     if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         _fail(f"--log-level must be DEBUG, INFO, WARNING or ERROR, not {log_level!r}")
     loop_factory = _loop_factory(event_loop)
@@ -256,7 +256,7 @@ def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     if name == "asyncio":
         return None
     try:
-        import uvloop
+        import uvloop  # optional: the cosmicai[rendezvous] extra
     except ImportError:
         if name == "uvloop":
             _fail("--event-loop uvloop needs uvloop: pip install 'cosmicai[rendezvous]'")
@@ -268,9 +268,6 @@ def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
 async def _serve(
     config: ServerConfig, registration: tuple[str, str, int, str | None] | None
 ) -> None:
-    from cosmicai.rendezvous.route53 import self_register
-    from cosmicai.rendezvous.server import RendezvousServer
-
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     received: list[str] = []
@@ -326,8 +323,6 @@ def tcpunch_pair_command(
     timeout: float = 30.0,
 ) -> None:
     """Pair once as a TCPunch client would, and print both public endpoints (smoke test)."""
-    from cosmicai.rendezvous.tcpunch import tcpunch_pair
-
     try:
         own, peer = asyncio.run(tcpunch_pair(host, port, name.encode(), timeout=timeout))
     except (CosmicAIError, ValueError) as exc:

@@ -14,12 +14,28 @@ import logging
 from types import TracebackType
 from typing import Any
 
-from cosmicai.rendezvous.config import ServerConfig
-from cosmicai.rendezvous.connection import Connection, enable_keepalive
-from cosmicai.rendezvous.health import HealthServer
-from cosmicai.rendezvous.logs import log_event
-from cosmicai.rendezvous.metrics import Metrics
-from cosmicai.rendezvous.state import ServerState
+from cosmicai.rendezvous.server.config import ServerConfig
+from cosmicai.rendezvous.server.connection import Connection, Session, enable_keepalive
+from cosmicai.rendezvous.server.health import HealthServer
+from cosmicai.rendezvous.server.logs import log_event
+from cosmicai.rendezvous.server.metrics import Metrics
+from cosmicai.rendezvous.server.native_session import NativeSession
+from cosmicai.rendezvous.server.state import ServerState
+from cosmicai.rendezvous.server.tcpunch_session import TCPunchSession
+
+
+def open_session(conn: Connection, first_byte: int) -> Session | None:
+    """The protocol a connection's first byte chose: zero starts the native preamble, anything
+    else is the first byte of a TCPunch pairing name."""
+    state = conn.state
+    if first_byte == 0:
+        state.metrics.inc("sessions_total", protocol="native")
+        return NativeSession(conn)
+    if state.config.tcpunch:
+        state.metrics.inc("sessions_total", protocol="tcpunch")
+        return TCPunchSession(conn)
+    conn.protocol_error("tcpunch_disabled", "TCPunch client while TCPunch is off")
+    return None
 
 
 class RendezvousServer:
@@ -52,7 +68,7 @@ class RendezvousServer:
         config = self.config
         state = self._state = ServerState.create(config, loop, self.metrics)
         self._server = await loop.create_server(
-            lambda: Connection(state),
+            lambda: Connection(state, open_session),
             config.host,
             config.port,
             backlog=config.backlog,
@@ -120,16 +136,13 @@ class RendezvousServer:
         waiting = state.limits.total
         state.worlds.close("the rendezvous server is shutting down")
         for conn in list(state.connections):
-            if conn.session is not None:
-                conn.session.shutdown()
-            else:
-                conn.close()
+            conn.shutdown()
         loop = state.loop
         deadline = loop.time() + self.config.shutdown_grace
         while state.connections and loop.time() < deadline:
             await asyncio.sleep(0.02)
         for conn in list(state.connections):
-            conn.transport.abort()
+            conn.abort()
         await asyncio.sleep(0)  # let the aborts run connection_lost
         await server.wait_closed()
         if self._health is not None:

@@ -6,8 +6,12 @@ from dataclasses import dataclass, field, fields
 
 from cosmicai.constants import DEFAULT_RENDEZVOUS_HEALTH_PORT, DEFAULT_RENDEZVOUS_PORT
 from cosmicai.exceptions import RendezvousConfigError
-from cosmicai.rendezvous.auth import DEFAULT_MAX_NONCES, DEFAULT_WINDOW_SECONDS, MIN_SECRET_BYTES
-from cosmicai.rendezvous.framing import DEFAULT_MAX_REQUEST_FRAME
+from cosmicai.rendezvous.wire.auth import (
+    DEFAULT_MAX_NONCES,
+    DEFAULT_WINDOW_SECONDS,
+    MIN_SECRET_BYTES,
+)
+from cosmicai.rendezvous.wire.framing import DEFAULT_MAX_REQUEST_FRAME
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cosmicai import __version__
-from cosmicai.rendezvous.metrics import Metrics
+from cosmicai.rendezvous.server.metrics import Metrics
 
 MAX_REQUEST_BYTES = 8192
 REQUEST_TIMEOUT = 5.0

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from cosmicai.rendezvous.auth import Authenticator
-from cosmicai.rendezvous.config import ServerConfig
-from cosmicai.rendezvous.metrics import Metrics
-from cosmicai.rendezvous.waiting import PairingBoard, WaitingLimits
-from cosmicai.rendezvous.worlds import WorldRegistry
+from cosmicai.rendezvous.server.config import ServerConfig
+from cosmicai.rendezvous.server.metrics import Metrics
+from cosmicai.rendezvous.server.waiting import PairingBoard, Waiter, WaitingLimits
+from cosmicai.rendezvous.server.worlds import WorldRegistry
+from cosmicai.rendezvous.wire.auth import Authenticator
 
-if TYPE_CHECKING:
-    from cosmicai.rendezvous.connection import Connection
-    from cosmicai.rendezvous.native_session import NativeSession
-    from cosmicai.rendezvous.tcpunch_session import TCPunchSession
+
+class OpenConnection(Protocol):
+    """What the server does with every open connection when it stops."""
+
+    def shutdown(self) -> None: ...
+
+    def abort(self) -> None: ...
 
 
 @dataclass(eq=False)
@@ -27,9 +30,10 @@ class ServerState:
     authenticator: Authenticator | None
     worlds: WorldRegistry
     #: Separate namespaces: an unauthenticated TCPunch client must never pair with a native one.
-    tcpunch_board: PairingBoard[bytes, TCPunchSession] = field(init=False)
-    native_board: PairingBoard[str, NativeSession] = field(init=False)
-    connections: set[Connection] = field(default_factory=set)
+    #: Each session module checks that a partner is one of its own kind.
+    tcpunch_board: PairingBoard[bytes, Waiter] = field(init=False)
+    native_board: PairingBoard[str, Waiter] = field(init=False)
+    connections: set[OpenConnection] = field(default_factory=set)
     closing: bool = False
 
     def __post_init__(self) -> None:

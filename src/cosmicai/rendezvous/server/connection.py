@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import TYPE_CHECKING, Protocol, cast
+from collections.abc import Callable
+from typing import Protocol, cast
 
-from cosmicai.rendezvous.endpoint import Endpoint
-from cosmicai.rendezvous.logs import log_event
-
-if TYPE_CHECKING:
-    from cosmicai.rendezvous.state import ServerState
+from cosmicai.rendezvous.server.logs import log_event
+from cosmicai.rendezvous.server.state import ServerState
+from cosmicai.rendezvous.wire.endpoint import Endpoint
 
 
 class Session(Protocol):
@@ -46,11 +45,17 @@ def enable_keepalive(sock: socket.socket) -> None:
 LINGER_SECONDS = 2.0
 
 
-class Connection(asyncio.Protocol):
-    __slots__ = ("_hello_timer", "peer", "session", "state", "transport")
+#: Makes the session for a connection's first byte, or refuses it (returns None, having
+#: dropped the connection); the server supplies it, so this module knows no session class.
+OpenSession = Callable[["Connection", int], Session | None]
 
-    def __init__(self, state: ServerState) -> None:
+
+class Connection(asyncio.Protocol):
+    __slots__ = ("_hello_timer", "_open_session", "peer", "session", "state", "transport")
+
+    def __init__(self, state: ServerState, open_session: OpenSession) -> None:
         self.state = state
+        self._open_session = open_session
         self.session: Session | None = None
         self._hello_timer: asyncio.TimerHandle | None = None
 
@@ -73,26 +78,10 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         session = self.session
         if session is None:
-            session = self._choose_protocol(data[0])
+            session = self.session = self._open_session(self, data[0])
             if session is None:
                 return
         session.data_received(data)
-
-    def _choose_protocol(self, first_byte: int) -> Session | None:
-        # Imported here: the sessions import this module for the Connection type.
-        from cosmicai.rendezvous.native_session import NativeSession
-        from cosmicai.rendezvous.tcpunch_session import TCPunchSession
-
-        if first_byte == 0:
-            self.session = NativeSession(self)
-            self.state.metrics.inc("sessions_total", protocol="native")
-        elif self.state.config.tcpunch:
-            self.session = TCPunchSession(self)
-            self.state.metrics.inc("sessions_total", protocol="tcpunch")
-        else:
-            self.protocol_error("tcpunch_disabled", "TCPunch client while TCPunch is off")
-            return None
-        return self.session
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.hello_done()
@@ -110,6 +99,16 @@ class Connection(asyncio.Protocol):
         self.state.metrics.inc("timeouts_total", kind="hello")
         log_event(logging.DEBUG, "hello_timeout", peer=str(self.peer))
         # A silent or half-named client gets no answer: TCPunch has no way to carry one.
+        self.transport.abort()
+
+    def shutdown(self) -> None:
+        """The server is stopping: let the session say goodbye, or just close."""
+        if self.session is not None:
+            self.session.shutdown()
+        else:
+            self.close()
+
+    def abort(self) -> None:
         self.transport.abort()
 
     def is_alive(self) -> bool:

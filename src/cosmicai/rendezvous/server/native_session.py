@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import cast
 
 from cosmicai.exceptions import RendezvousProtocolError
-from cosmicai.rendezvous.endpoint import Endpoint
-from cosmicai.rendezvous.framing import (
+from cosmicai.rendezvous.server.connection import Connection
+from cosmicai.rendezvous.server.logs import log_event
+from cosmicai.rendezvous.server.waiting import Refusal
+from cosmicai.rendezvous.wire.endpoint import Endpoint
+from cosmicai.rendezvous.wire.framing import (
     MAGIC,
     PREAMBLE,
     PREAMBLE_SIZE,
@@ -22,8 +25,7 @@ from cosmicai.rendezvous.framing import (
     FrameDecoder,
     FrameTooLargeError,
 )
-from cosmicai.rendezvous.logs import log_event
-from cosmicai.rendezvous.messages import (
+from cosmicai.rendezvous.wire.messages import (
     Accepted,
     Auth,
     AuthOk,
@@ -38,10 +40,6 @@ from cosmicai.rendezvous.messages import (
     decode,
     encode,
 )
-from cosmicai.rendezvous.waiting import Refusal
-
-if TYPE_CHECKING:
-    from cosmicai.rendezvous.connection import Connection
 
 _PREAMBLE, _READY, _PENDING_PAIR, _PENDING_WORLD, _CLOSED = range(5)
 
@@ -212,7 +210,8 @@ class NativeSession:
         max_wait = state.config.max_pair_wait
         wait = min(message.wait_ms / 1000, max_wait) if message.wait_ms else max_wait
         try:
-            partner = state.native_board.offer(message.name, self)
+            # Only NativeSessions wait on this board.
+            partner = cast(NativeSession | None, state.native_board.offer(message.name, self))
         except Refusal as refusal:
             self._fail(refusal.code, refusal.message)
             return
