@@ -136,8 +136,9 @@ async def test_malformed_and_unknown_messages_are_named() -> None:
 async def test_server_messages_from_a_client_are_unexpected() -> None:
     async with running_server() as server:
         reader, writer = await connect(server.port)
-        writer.write(PREAMBLE + encode(Left()))
+        writer.write(PREAMBLE + encode(make_auth(SECRET)) + encode(Left()))
         await reader.readexactly(len(PREAMBLE))
+        assert isinstance(await read_frame(reader), AuthOk)
         assert "sent by servers" in await expect_error(reader, ErrorCode.UNEXPECTED_MESSAGE)
         writer.close()
 

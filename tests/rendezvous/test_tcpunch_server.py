@@ -204,7 +204,7 @@ async def test_partners_resetting_while_others_pair_do_not_hurt_the_server() -> 
 
 @async_test
 async def test_waiting_limit_per_source_address() -> None:
-    async with running_server(max_waiting_per_address=2) as server:
+    async with running_server(max_tcpunch_waiting_per_address=2) as server:
         held = [await send_name(server.port, f"w{i}".encode()) for i in range(2)]
         for reader, _ in held:
             await reader.readexactly(RECORD_SIZE)
@@ -212,7 +212,7 @@ async def test_waiting_limit_per_source_address() -> None:
         reader, writer = await send_name(server.port, b"w3")
         # THEN it gets its record (sent before the decision) and is closed
         assert len(await read_to_eof(reader)) == RECORD_SIZE
-        assert server.metrics.value("limit_refusals_total", limit="waiting") == 1
+        assert server.metrics.value("limit_refusals_total", limit="tcpunch_waiting") == 1
         # AND a client that pairs with a waiter needs no slot
         await tcpunch_pair(LOOPBACK, server.port, b"w0")
         writer.close()
@@ -222,7 +222,7 @@ async def test_waiting_limit_per_source_address() -> None:
 
 @async_test
 async def test_connections_beyond_the_maximum_are_closed_at_once() -> None:
-    async with running_server(max_connections=2) as server:
+    async with running_server(max_connections=2, max_unauthenticated=2) as server:
         kept = [await connect(server.port) for _ in range(2)]
         await eventually(lambda: len(server.state.connections) == 2, "two connections open")
         reader, writer = await connect(server.port)

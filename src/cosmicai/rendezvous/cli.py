@@ -69,9 +69,13 @@ def serve(
         int, typer.Option(envvar=c.ENV_RENDEZVOUS_PORT, help="Rendezvous port (both protocols).")
     ] = _DEFAULTS.port,
     health_host: Annotated[
-        str | None,
-        typer.Option(envvar=c.ENV_RENDEZVOUS_HEALTH_HOST, help="Health address [default: host]."),
-    ] = None,
+        str,
+        typer.Option(
+            envvar=c.ENV_RENDEZVOUS_HEALTH_HOST,
+            help="Health address: loopback, for the health check run inside the container. "
+            "Exposing it lets anyone read the counters.",
+        ),
+    ] = _DEFAULTS.health_host,
     health_port: Annotated[
         int,
         typer.Option(envvar=c.ENV_RENDEZVOUS_HEALTH_PORT, help="Port of GET /healthz, /metrics."),
@@ -113,10 +117,47 @@ def serve(
     max_connections: Annotated[
         int, typer.Option(envvar=c.ENV_RENDEZVOUS_MAX_CONNECTIONS, min=1)
     ] = _DEFAULTS.max_connections,
+    max_connections_per_address: Annotated[
+        int,
+        typer.Option(
+            envvar=c.ENV_RENDEZVOUS_MAX_CONNECTIONS_PER_ADDRESS,
+            min=1,
+            help="Connections per source IP (a NAT gateway's workers share one).",
+        ),
+    ] = _DEFAULTS.max_connections_per_address,
+    max_unauthenticated: Annotated[
+        int,
+        typer.Option(
+            envvar=c.ENV_RENDEZVOUS_MAX_UNAUTHENTICATED,
+            min=1,
+            help="Connections not yet authenticated (TCPunch ones included); the rest of "
+            "--max-connections is kept for authenticated clients.",
+        ),
+    ] = _DEFAULTS.max_unauthenticated,
+    max_unauthenticated_per_address: Annotated[
+        int,
+        typer.Option(envvar=c.ENV_RENDEZVOUS_MAX_UNAUTHENTICATED_PER_ADDRESS, min=1),
+    ] = _DEFAULTS.max_unauthenticated_per_address,
     max_waiting: Annotated[
         int,
-        typer.Option(envvar=c.ENV_RENDEZVOUS_MAX_WAITING, min=1, help="Waiting entries in all."),
+        typer.Option(
+            envvar=c.ENV_RENDEZVOUS_MAX_WAITING,
+            min=1,
+            help="Waiting entries of authenticated clients (pairs and world ranks).",
+        ),
     ] = _DEFAULTS.max_waiting,
+    max_tcpunch_waiting: Annotated[
+        int,
+        typer.Option(
+            envvar=c.ENV_RENDEZVOUS_MAX_TCPUNCH_WAITING,
+            min=1,
+            help="Waiting TCPunch clients (a budget apart from authenticated clients').",
+        ),
+    ] = _DEFAULTS.max_tcpunch_waiting,
+    max_tcpunch_waiting_per_address: Annotated[
+        int,
+        typer.Option(envvar=c.ENV_RENDEZVOUS_MAX_TCPUNCH_WAITING_PER_ADDRESS, min=1),
+    ] = _DEFAULTS.max_tcpunch_waiting_per_address,
     max_waiting_per_address: Annotated[
         int,
         typer.Option(
@@ -213,6 +254,9 @@ def serve(
             open_file_limit=fd_limit,
         )
         max_connections = max(1, fd_limit - RESERVED_FDS)
+    if max_unauthenticated > max_connections:
+        # Keep a quarter for authenticated clients rather than refuse to start.
+        max_unauthenticated = max(1, max_connections * 3 // 4)
     try:
         config = ServerConfig(
             host=host,
@@ -222,7 +266,12 @@ def serve(
             secret=secret,
             tcpunch=tcpunch,
             max_connections=max_connections,
+            max_connections_per_address=max_connections_per_address,
+            max_unauthenticated=max_unauthenticated,
+            max_unauthenticated_per_address=max_unauthenticated_per_address,
             max_waiting=max_waiting,
+            max_tcpunch_waiting=max_tcpunch_waiting,
+            max_tcpunch_waiting_per_address=max_tcpunch_waiting_per_address,
             max_waiting_per_address=max_waiting_per_address,
             max_world_size=max_world_size,
             max_frame_bytes=max_frame_bytes,

@@ -22,6 +22,9 @@ from cosmicai.rendezvous.wire.endpoint import Endpoint
 class Session(Protocol):
     def data_received(self, data: bytes) -> None: ...
 
+    def hello_expired(self) -> None:
+        """``hello_timeout`` passed before the session finished its hello (or its AUTH)."""
+
     def connection_lost(self) -> None: ...
 
     def shutdown(self) -> None:
@@ -51,11 +54,20 @@ OpenSession = Callable[["Connection", int], Session | None]
 
 
 class Connection(asyncio.Protocol):
-    __slots__ = ("_hello_timer", "_open_session", "peer", "session", "state", "transport")
+    __slots__ = (
+        "_hello_timer",
+        "_open_session",
+        "authenticated",
+        "peer",
+        "session",
+        "state",
+        "transport",
+    )
 
     def __init__(self, state: ServerState, open_session: OpenSession) -> None:
         self.state = state
         self._open_session = open_session
+        self.authenticated = False
         self.session: Session | None = None
         self._hello_timer: asyncio.TimerHandle | None = None
 
@@ -67,11 +79,17 @@ class Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         state = self.state
         state.metrics.inc("connections_total")
-        if state.closing or len(state.connections) >= state.config.max_connections:
+        self.peer = Endpoint.from_sockaddr(transport.get_extra_info("peername"))
+        verdict = None if state.closing else state.admission.admit(self, self.peer.host)
+        if verdict is None or verdict.refused is not None:
             state.metrics.inc("connections_rejected_total")
+            if verdict is not None:
+                state.metrics.inc("limit_refusals_total", limit=verdict.refused or "")
             self.transport.abort()
             return
-        self.peer = Endpoint.from_sockaddr(transport.get_extra_info("peername"))
+        if verdict.evicted is not None:
+            state.metrics.inc("limit_refusals_total", limit="unauthenticated_evicted")
+            verdict.evicted.abort()
         state.connections.add(self)
         self._hello_timer = state.loop.call_later(state.config.hello_timeout, self._hello_expired)
 
@@ -86,8 +104,17 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.hello_done()
         self.state.connections.discard(self)
+        self.state.admission.release(self)
         if self.session is not None:
             self.session.connection_lost()
+
+    def authenticate(self) -> None:
+        """The client has proved itself (or needs not): its hello is over, and it leaves the
+        budget of unauthenticated connections."""
+        self.hello_done()
+        if not self.authenticated:
+            self.authenticated = True
+            self.state.admission.authenticated(self)
 
     def hello_done(self) -> None:
         if self._hello_timer is not None:
@@ -98,8 +125,10 @@ class Connection(asyncio.Protocol):
         self._hello_timer = None
         self.state.metrics.inc("timeouts_total", kind="hello")
         log_event(logging.DEBUG, "hello_timeout", peer=str(self.peer))
-        # A silent or half-named client gets no answer: TCPunch has no way to carry one.
-        self.transport.abort()
+        if self.session is not None:
+            self.session.hello_expired()
+        else:
+            self.transport.abort()  # a silent client gets no answer
 
     def shutdown(self) -> None:
         """The server is stopping: let the session say goodbye, or just close."""
@@ -109,6 +138,9 @@ class Connection(asyncio.Protocol):
             self.close()
 
     def abort(self) -> None:
+        self.hello_done()
+        self.state.connections.discard(self)
+        self.state.admission.release(self)
         self.transport.abort()
 
     def is_alive(self) -> bool:

@@ -130,7 +130,8 @@ class NativeSession:
                     f"version {PROTOCOL_VERSION}",
                 )
                 return
-            self.conn.hello_done()
+            if self.authenticated:
+                self.conn.authenticate()  # no secret on this server: the preamble suffices
             self._status = _READY
             self._touch()
             if not data:
@@ -158,18 +159,21 @@ class NativeSession:
         except RendezvousProtocolError as exc:
             self._fail(ErrorCode.MALFORMED_MESSAGE, str(exc))
             return
+        if not self.authenticated and not isinstance(message, Auth):
+            # Nothing but AUTH before AUTH: a stranger may not keep a connection alive.
+            self._fail(
+                ErrorCode.AUTH_REQUIRED,
+                f"this server requires AUTH before any request, not "
+                f"{type(message).__name__.upper()}",
+            )
+            return
         match message:
             case Auth():
                 self._auth(message)
             case Leave():
                 self._leave()
             case Pair() | Register():
-                if not self.authenticated:
-                    self._fail(
-                        ErrorCode.AUTH_REQUIRED,
-                        "this server requires AUTH before any request",
-                    )
-                elif self._status != _READY:
+                if self._status != _READY:
                     self._fail(
                         ErrorCode.UNEXPECTED_MESSAGE,
                         f"{type(message).__name__.upper()} while a request is pending "
@@ -203,6 +207,7 @@ class NativeSession:
             self._fail(verdict, text)
             return
         self.authenticated = True
+        self.conn.authenticate()
         self.conn.send(encode(AuthOk(int(time.time() * 1000))))
 
     def _pair(self, message: Pair) -> None:
@@ -350,6 +355,14 @@ class NativeSession:
             return
         self.conn.state.metrics.inc("timeouts_total", kind="idle")
         self._fail(ErrorCode.IDLE_TIMEOUT, f"no request for {idle_timeout:g} s")
+
+    def hello_expired(self) -> None:
+        if self._status == _PREAMBLE:
+            self._status = _CLOSED
+            self.conn.abort()  # not known to speak our protocol: no reply
+        elif self._status != _CLOSED and not self.authenticated:
+            timeout = self.conn.state.config.hello_timeout
+            self._fail(ErrorCode.AUTH_REQUIRED, f"no AUTH within {timeout:g} s of connecting")
 
     def connection_lost(self) -> None:
         self._withdraw()

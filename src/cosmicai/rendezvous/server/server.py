@@ -63,6 +63,12 @@ class RendezvousServer:
         assert self._health is not None, "the rendezvous server is not started"
         return self._health.port
 
+    @property
+    def health_host(self) -> str:
+        """The address the health port is bound to."""
+        assert self._health is not None, "the rendezvous server is not started"
+        return self._health.host
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         config = self.config
@@ -77,7 +83,7 @@ class RendezvousServer:
         for sock in self._server.sockets:
             enable_keepalive(sock)
         self._health = HealthServer(
-            self.metrics, self._status, config.health_host or config.host, config.health_port
+            self.metrics, self._status, config.health_host, config.health_port
         )
         try:
             await self._health.start()
@@ -86,9 +92,7 @@ class RendezvousServer:
             raise
         metrics = self.metrics
         metrics.gauge("connections_open", "Connections open now.", lambda: len(state.connections))
-        metrics.gauge(
-            "waiting", "Waiting entries (pairs and world ranks).", lambda: state.limits.total
-        )
+        metrics.gauge("waiting", "Waiting entries (pairs and world ranks).", lambda: state.waiting)
         metrics.gauge(
             "tcpunch_waiting",
             "TCPunch clients waiting for a partner.",
@@ -98,6 +102,11 @@ class RendezvousServer:
             "native_waiting",
             "Native clients waiting for a partner.",
             lambda: len(state.native_board),
+        )
+        metrics.gauge(
+            "unauthenticated_open",
+            "Connections open and not yet authenticated (TCPunch ones included).",
+            lambda: state.admission.unauthenticated,
         )
         metrics.gauge("worlds_open", "Worlds still filling.", lambda: len(state.worlds))
         metrics.gauge(
@@ -110,6 +119,7 @@ class RendezvousServer:
             "listening",
             host=config.host,
             port=self.port,
+            health_host=config.health_host,
             health_port=self.health_port,
             tcpunch=config.tcpunch,
             auth=config.secret is not None,
@@ -133,7 +143,7 @@ class RendezvousServer:
             return
         state.closing = True
         server.close()
-        waiting = state.limits.total
+        waiting = state.waiting
         state.worlds.close("the rendezvous server is shutting down")
         for conn in list(state.connections):
             conn.shutdown()

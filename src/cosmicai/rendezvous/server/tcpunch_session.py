@@ -90,7 +90,7 @@ class TCPunchSession:
             partner = cast(TCPunchSession | None, state.tcpunch_board.offer(self.name, self))
         except Refusal as refusal:
             self._phase = _DONE
-            state.metrics.inc("limit_refusals_total", limit="waiting")
+            state.metrics.inc("limit_refusals_total", limit="tcpunch_waiting")
             log_event(logging.INFO, "tcpunch_refused", peer=str(conn.peer), reason=refusal.message)
             conn.close()
             return
@@ -135,6 +135,11 @@ class TCPunchSession:
         if self._phase == _WAITING:
             self.conn.state.tcpunch_board.withdraw(self.name, self)
         self._phase = _DONE
+
+    def hello_expired(self) -> None:
+        # A half-named client gets no answer: TCPunch has no way to carry one.
+        self._end()
+        self.conn.abort()
 
     def connection_lost(self) -> None:
         self._end()
