@@ -18,6 +18,7 @@ caller chose beforehand (a *claim*), which is how a numpy ``Recv`` lands without
 
 from __future__ import annotations
 
+import mmap
 import struct
 from collections.abc import Callable
 from enum import IntEnum
@@ -50,6 +51,12 @@ class FrameKind(IntEnum):
 
 
 _KIND_BY_VALUE = {int(kind): kind for kind in FrameKind}
+
+#: An unclaimed payload at least this large is received into an anonymous memory mapping:
+#: the kernel gives it memory page by page as bytes are written, so a header announcing a
+#: huge length costs nothing until the bytes really arrive (a bytearray is zeroed, all of it,
+#: at once). Smaller payloads use a bytearray, which is cheaper to make.
+MAPPED_PAYLOAD_MIN = 2**20
 
 #: Decides where a payload lands: called with (kind, tag, length) when a header is complete;
 #: returns a writable byte view of exactly ``length`` bytes, or None for a fresh bytearray.
@@ -126,8 +133,10 @@ class FrameAssembler:
 
     ``feed`` takes any slicing of the stream (a frame split at every byte works). A length
     above ``max_payload`` is refused as soon as the header is complete, before anything is
-    allocated for it. While a payload is incomplete, ``window`` is its unfilled rest and
-    ``advance`` records bytes written there, so large payloads skip the intermediate buffer.
+    allocated for it; below it, a large payload's memory is taken as its bytes arrive
+    (``MAPPED_PAYLOAD_MIN``), so a peer must send what it announces before the receiver holds
+    it. While a payload is incomplete, ``window`` is its unfilled rest and ``advance`` records
+    bytes written there, so large payloads skip the intermediate buffer.
     """
 
     __slots__ = (
@@ -233,7 +242,11 @@ class FrameAssembler:
             self._target = target
         else:
             self._claimed = False
-            self._target = bytearray(length)
+            self._target = (
+                memoryview(mmap.mmap(-1, length))
+                if length >= MAPPED_PAYLOAD_MIN
+                else bytearray(length)
+            )
         self._payload = memoryview(self._target).cast("B")
         self._kind, self._tag, self._length, self._fill = kind, tag, length, 0
         return None
