@@ -4,6 +4,10 @@ The first byte decides the protocol: zero starts the native preamble, anything e
 first byte of a TCPunch pairing name. No waiting is needed beyond that byte, so TCPunch
 clients are not slowed down by the disambiguation; a connection that sends nothing is closed
 after ``hello_timeout``.
+
+Each connection is admitted (or refused, or admitted in the place of a stranger's) by
+``admission`` when it is accepted, counts as unauthenticated until its session calls
+``authenticate``, and must finish its hello (a native client: its AUTH) by ``hello_timeout``.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ from cosmicai.rendezvous.wire.auth import Authenticator
 
 
 class OpenConnection(Protocol):
-    """What the server does with every open connection when it stops."""
+    """What the server does with an open connection: stop it politely, or drop it (at
+    shutdown, or to make room: see ``admission``)."""
 
     def shutdown(self) -> None: ...
 
@@ -34,7 +35,7 @@ class ServerState:
     authenticator: Authenticator | None
     worlds: WorldRegistry
     #: Separate namespaces: an unauthenticated TCPunch client must never pair with a native one.
-    #: Each session module checks that a partner is one of its own kind.
+    #: Only one kind of session waits on each board (each session module relies on it).
     tcpunch_board: PairingBoard[bytes, Waiter] = field(init=False)
     native_board: PairingBoard[str, Waiter] = field(init=False)
     connections: set[OpenConnection] = field(default_factory=set)
