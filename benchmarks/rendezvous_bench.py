@@ -38,11 +38,11 @@ from pathlib import Path
 from typing import Any
 
 from cosmicai.bench.machine import machine
-from cosmicai.rendezvous.auth import make_auth
-from cosmicai.rendezvous.endpoint import Endpoint
-from cosmicai.rendezvous.framing import DEFAULT_MAX_RESPONSE_FRAME, PREAMBLE, FrameDecoder
-from cosmicai.rendezvous.messages import MessageType, Register, World, decode, encode
-from cosmicai.rendezvous.tcpunch import RECORD_SIZE, encode_record
+from cosmicai.rendezvous.wire.auth import make_auth
+from cosmicai.rendezvous.wire.endpoint import Endpoint
+from cosmicai.rendezvous.wire.framing import DEFAULT_MAX_RESPONSE_FRAME, PREAMBLE, FrameDecoder
+from cosmicai.rendezvous.wire.messages import MessageType, Register, World, decode, encode
+from cosmicai.rendezvous.wire.tcpunch import RECORD_SIZE, encode_record
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -68,7 +68,10 @@ class Server:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "cosmicai.rendezvous", "serve", "--host", HOST,
              "--port", "0", "--health-port", "0", "--max-connections", "19000",
-             "--max-waiting", "19000", "--max-waiting-per-address", "19000", *args],
+             "--max-waiting", "19000", "--max-waiting-per-address", "19000",
+             "--max-connections-per-address", "19000", "--max-unauthenticated", "19000",
+             "--max-unauthenticated-per-address", "19000", "--max-tcpunch-waiting", "19000",
+             "--max-tcpunch-waiting-per-address", "19000", *args],
             stderr=subprocess.PIPE, env=env, text=True,
         )  # fmt: skip
         assert self.process.stderr is not None
@@ -473,7 +476,8 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         f"{m['load_average_at_start'][0]} at the start. Server and clients share "
         "the same 2 vCPUs, on loopback; the server is its own process (its RSS is its own), "
         "started with `--hello-timeout 30` (the second partners connect well before they "
-        "send their names) and per-address limits raised (every client is 127.0.0.1). "
+        "send their names) and per-address and unauthenticated limits raised (every client is "
+        "127.0.0.1). "
         f"Server event loop: {plain['server_event_loop']} (as in the container); clients: "
         f"{results['client_event_loop']}.",
         "",

@@ -18,9 +18,9 @@ from dataclasses import replace
 from typing import Any, ParamSpec
 
 from cosmicai.constants import ENV_RENDEZVOUS_SECRET
-from cosmicai.rendezvous.config import ServerConfig
-from cosmicai.rendezvous.framing import HEADER, HEADER_SIZE
-from cosmicai.rendezvous.messages import Message, decode
+from cosmicai.rendezvous.server.config import ServerConfig
+from cosmicai.rendezvous.wire.framing import HEADER, HEADER_SIZE
+from cosmicai.rendezvous.wire.messages import Message, decode
 from cosmicai.rendezvous.server import RendezvousServer
 from harness.net import LOOPBACK as LOOPBACK
 

@@ -43,10 +43,10 @@ def tcp_endpoints(
     connecting to them is refused at once (they still listen on their own socket).
     """
     listeners = loopback_listeners(size)
-    endpoints = [(str(s.getsockname()[0]), int(s.getsockname()[1])) for s in listeners]
+    endpoints = [Endpoint.from_sockaddr(s.getsockname()) for s in listeners]
     if unreachable:
         probe = loopback_listeners(1)[0]
-        dead = (str(probe.getsockname()[0]), int(probe.getsockname()[1]))
+        dead = Endpoint.from_sockaddr(probe.getsockname())
         probe.close()
         endpoints = [dead if rank in unreachable else ep for rank, ep in enumerate(endpoints)]
     return listeners, endpoints

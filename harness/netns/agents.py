@@ -42,6 +42,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
+#: The plain-socket agents' (host, port); the communicator's agents convert it to the
+#: rendezvous wire's Endpoint.
 Endpoint = tuple[str, int]
 
 #: The deployment secret of the real rendezvous server the cosmicai commands start and use.
@@ -357,7 +359,7 @@ def operand(rank: int) -> np.ndarray:
 def _rendezvous(address: str, port: int, health_port: int, lifetime: float) -> None:
     from dataclasses import replace
 
-    from cosmicai.rendezvous.config import ServerConfig
+    from cosmicai.rendezvous.server.config import ServerConfig
     from cosmicai.rendezvous.server import RendezvousServer
 
     async def run() -> None:
@@ -387,25 +389,29 @@ def _rank(args: argparse.Namespace) -> int:
     from cosmicai.comm import Communicator, FallbackLinks, StoreLinks, derive_job_key
     from cosmicai.comm.links import LinkMaker
     from cosmicai.comm.punch import PunchLinks, punch_links
+    from cosmicai.rendezvous.wire import Endpoint as WireEndpoint
     from cosmicai.exceptions import CommError
     from cosmicai.storage import LocalStorage
 
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format=f"rank {args.rank} %(name)s: %(message)s"
     )
-    host, port = args.server
     punch = punch_links(
         rank=args.rank,
         size=args.size,
         job_id=args.job,
         key=derive_job_key(SECRET, args.job),
-        rendezvous_host=host,
-        rendezvous_port=port,
+        rendezvous=WireEndpoint(*args.server),
         rendezvous_secret=SECRET,
         deadline_s=20.0,
     )
     assert isinstance(punch, PunchLinks)
-    _emit(event="registered", rank=args.rank, port=punch.port, public=punch.public)
+    _emit(
+        event="registered",
+        rank=args.rank,
+        port=punch.port,
+        public=None if punch.public is None else punch.public.address,
+    )
     links: LinkMaker = punch
     fallback = None
     if args.store:
@@ -467,6 +473,7 @@ def _link_rounds(server: Endpoint, rank: int, rounds: int, job_prefix: str) -> N
     from cosmicai.comm import derive_job_key
     from cosmicai.comm.frames import FrameKind
     from cosmicai.comm.punch import PunchLinks, punch_links
+    from cosmicai.rendezvous.wire import Endpoint as WireEndpoint
 
     peer = 1 - rank
     for index in range(rounds):
@@ -476,8 +483,7 @@ def _link_rounds(server: Endpoint, rank: int, rounds: int, job_prefix: str) -> N
             size=2,
             job_id=job,
             key=derive_job_key(SECRET, job),
-            rendezvous_host=server[0],
-            rendezvous_port=server[1],
+            rendezvous=WireEndpoint(*server),
             rendezvous_secret=SECRET,
             deadline_s=30.0,
         )

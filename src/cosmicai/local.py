@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from rich.console import Console
 
-    from cosmicai.rendezvous.config import ServerConfig
+    from cosmicai.rendezvous.server.config import ServerConfig
     from cosmicai.request import RunRequest
 
 
@@ -73,7 +73,7 @@ class LocalRendezvous:
         import asyncio
 
         # Only direct-mode runs need the server: other runs never load it.
-        from cosmicai.rendezvous.config import ServerConfig
+        from cosmicai.rendezvous.server.config import ServerConfig
         from cosmicai.rendezvous.server import RendezvousServer
 
         async def main() -> None:

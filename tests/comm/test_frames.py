@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from cosmicai.comm.frames import (
     HEADER,
     HEADER_SIZE,
     MAGIC,
+    MAPPED_PAYLOAD_MIN,
     Frame,
     FrameAssembler,
     FrameKind,
@@ -127,3 +131,49 @@ def test_decode_frame_checks_the_announced_length() -> None:
         decode_frame(data + b"x", LIMIT)
     with pytest.raises(CommProtocolError, match="shorter than a frame header"):
         decode_frame(data[:10], LIMIT)
+
+
+def resident_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc")
+def test_a_header_announcing_a_huge_payload_takes_memory_only_as_bytes_arrive() -> None:
+    # GIVEN a receiver that accepts frames up to 2 GiB, and a 16-byte header claiming 1 GiB
+    # (the old receiver allocated and zeroed it at once: 33 -> 1,057 MB)
+    assembler = FrameAssembler(2 * 2**30)
+    header = encode_header(FrameKind.OBJECT, 0, 2**30)
+    before = resident_bytes()
+    # WHEN the header and 3 MiB of the payload arrive
+    assert assembler.feed(header + b"x" * (3 * 2**20)) == []
+    window = assembler.window()
+    grown = resident_bytes() - before
+    # THEN the receiver's memory grew by about what arrived, not by what was announced
+    assert grown < 64 * 2**20, grown
+    assert window is not None and window.nbytes == 2**30 - 3 * 2**20
+
+
+@pytest.mark.parametrize("through", ["feed", "window"])
+def test_a_large_payload_arrives_whole_through_its_mapping(through: str) -> None:
+    # GIVEN a payload large enough to be received into a memory mapping, in uneven pieces
+    payload = bytes(range(256)) * (3 * MAPPED_PAYLOAD_MIN // 256 + 7)
+    stream = encode_frame(FrameKind.OBJECT, 5, payload)
+    assembler = FrameAssembler(len(payload))
+    frames = assembler.feed(stream[: HEADER_SIZE + 1000])
+    position = HEADER_SIZE + 1000
+    while position < len(stream):
+        if through == "window":
+            # WHEN the caller reads into the window (as the TCP channel does) ...
+            window = assembler.window()
+            assert window is not None and window.nbytes > 0
+            take = min(window.nbytes, 300_001, len(stream) - position)
+            window[:take] = stream[position : position + take]
+            frames += assembler.advance(take)
+        else:
+            # ... or feeds pieces
+            take = min(300_001, len(stream) - position)
+            frames += assembler.feed(stream[position : position + take])
+        position += take
+    # THEN one frame arrives with every byte in place
+    assert len(frames) == 1 and frames[0].tag == 5 and bytes(frames[0].payload) == payload
+    assert assembler.at_boundary

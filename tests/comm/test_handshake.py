@@ -238,7 +238,8 @@ def test_a_listening_rank_refuses_a_stranger_and_still_links_its_peer() -> None:
         for r in range(2)
     ]
     try:
-        with socket.create_connection(endpoints[1]) as intruder, pytest.raises(PeerAuthError):
+        intruder = socket.create_connection(endpoints[1].address)
+        with intruder, pytest.raises(PeerAuthError):
             authenticate_link(
                 intruder,
                 rank=0,

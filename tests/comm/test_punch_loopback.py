@@ -27,6 +27,7 @@ from cosmicai.comm.links import LinkMaker
 from cosmicai.comm.punch import PunchLinks, punch_links
 from cosmicai.exceptions import CommError, CommTimeoutError, PeerAuthError
 from cosmicai.local import LocalRendezvous
+from cosmicai.rendezvous.wire import Endpoint
 from cosmicai.storage import LocalStorage
 from harness.net import LOOPBACK, assert_connection_ends, free_port
 from harness.rendezvous import FAST, SECRET
@@ -51,8 +52,7 @@ def make_punch(
         size=size,
         job_id=job,
         key=derive_job_key(b"deployment-secret-for-tests", job),
-        rendezvous_host=LOOPBACK,
-        rendezvous_port=server.port,
+        rendezvous=Endpoint(LOOPBACK, server.port),
         rendezvous_secret=server.secret,
         deadline_s=deadline_s,
         **kw,
@@ -156,7 +156,7 @@ def test_collectives_run_over_punched_links(server: Rendezvous, size: int) -> No
             assert outcome.peer == peer != rank
             assert outcome.via in ("connect", "accept")
             assert outcome.route in ("public", "private")
-            assert outcome.endpoint[0] == LOOPBACK
+            assert outcome.endpoint.host == LOOPBACK
 
 
 def test_links_are_made_once_and_reused(server: Rendezvous) -> None:

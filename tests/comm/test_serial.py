@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import subprocess
+import sys
 from collections import OrderedDict
 from typing import Any
 
@@ -10,7 +12,14 @@ import msgpack  # type: ignore[import-untyped]
 import numpy as np
 import pytest
 
-from cosmicai.comm.serial import EXT_NDARRAY, EXT_NPSCALAR, dumps, loads
+from cosmicai.comm.serial import (
+    EXT_NDARRAY,
+    EXT_NPSCALAR,
+    EXT_TUPLE,
+    MAX_EXT_DEPTH,
+    dumps,
+    loads,
+)
 from cosmicai.exceptions import CommProtocolError
 
 
@@ -164,3 +173,79 @@ def test_no_pickle_anywhere_in_the_package() -> None:
     for path in Path(cosmicai.comm.__file__).parent.glob("*.py"):
         text = path.read_text()
         assert "import pickle" not in text and "pickle.loads" not in text, path
+
+
+def nested_tuples(depth: int) -> bytes:
+    """``depth`` tuples inside one another, encoded by hand as a hostile sender would."""
+    data = msgpack.packb([])
+    for _ in range(depth):
+        data = msgpack.packb(msgpack.ExtType(EXT_TUPLE, data))
+    encoded: bytes = data
+    return encoded
+
+
+def test_deeply_nested_tuples_are_refused_on_both_sides_not_a_crash() -> None:
+    # GIVEN tuples 200 deep, which used to overflow the receiver's C stack (SIGSEGV, the rank
+    # dying without a word). WHEN they are received THEN the receiver refuses them (in a child
+    # process: a regression would crash it, not this test run).
+    code = (
+        "import sys\n"
+        "from cosmicai.comm.serial import loads\n"
+        "from cosmicai.exceptions import CommProtocolError\n"
+        "try:\n"
+        "    loads(sys.stdin.buffer.read())\n"
+        "except CommProtocolError as exc:\n"
+        "    print(exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        input=nested_tuples(200),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert f"more than {MAX_EXT_DEPTH} deep" in result.stdout.decode()
+    # AND the sender refuses to build them, with a ValueError naming the limit
+    obj: Any = ()
+    for _ in range(200):
+        obj = (obj,)
+    with pytest.raises(ValueError, match=f"more than {MAX_EXT_DEPTH} deep"):
+        dumps(obj)
+    # AND nesting within the limit still round-trips
+    shallow: Any = ()
+    for _ in range(MAX_EXT_DEPTH - 1):
+        shallow = (shallow,)
+    assert loads(dumps(shallow)) == shallow
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        msgpack.Timestamp(1, 0),  # timestamp 32
+        msgpack.Timestamp(1, 5),  # timestamp 64
+        msgpack.Timestamp(2**40, 5),  # timestamp 96
+    ],
+)
+def test_msgpack_timestamps_are_refused(timestamp: msgpack.Timestamp) -> None:
+    # GIVEN MessagePack's timestamp extension, alone and inside a list, a dict and a tuple
+    inside_tuple = msgpack.packb(msgpack.ExtType(EXT_TUPLE, msgpack.packb([timestamp])))
+    for data in (
+        msgpack.packb(timestamp),
+        msgpack.packb([1, [2, timestamp]]),
+        msgpack.packb({"when": timestamp}),
+        msgpack.packb({timestamp: 1}),
+        inside_tuple,
+    ):
+        # WHEN it is received THEN it is refused (it decoded to msgpack.Timestamp, a type
+        # outside the documented set)
+        with pytest.raises(CommProtocolError, match="timestamp"):
+            loads(data)
+        with pytest.raises(CommProtocolError, match="timestamp"):
+            loads(memoryview(data))
+
+
+def test_bytes_that_look_like_a_timestamp_inside_data_are_fine() -> None:
+    # The marker bytes of a timestamp inside a bytes value only cost a look at the result.
+    obj = [b"\xd6\xff\xd7\xff\xc7\x0c\xff", {"k": [1.5, "\xff"]}, (b"\xd7\xff",)]
+    assert loads(dumps(obj)) == obj

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cosmicai.rendezvous.auth import Authenticator, make_auth
-from cosmicai.rendezvous.messages import ErrorCode
+from cosmicai.rendezvous.wire.auth import Authenticator, make_auth
+from cosmicai.rendezvous.wire.messages import ErrorCode
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 

@@ -14,8 +14,8 @@ import pytest
 
 from cosmicai.constants import ENV_ECS_CONTAINER_METADATA_URI_V4
 from cosmicai.exceptions import DnsRegistrationError, RendezvousConfigError
-from cosmicai.rendezvous.route53 import self_register
-from cosmicai.rendezvous.secret import load_secret
+from cosmicai.rendezvous.aws.route53 import self_register
+from cosmicai.rendezvous.aws.secret import load_secret
 from harness.ecs_metadata import container_metadata_endpoint, make_task_interface
 from harness.rendezvous import ServerProcess, async_test
 

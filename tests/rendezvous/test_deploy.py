@@ -46,12 +46,20 @@ def test_template_passes_cfn_lint() -> None:
     assert [str(m) for m in matches] == []
 
 
-def test_security_group_opens_only_the_rendezvous_and_health_ports() -> None:
-    resources = load_template()["Resources"]
+def test_only_the_rendezvous_port_is_public_and_tcpunch_is_off_by_default() -> None:
+    # The health port listens on the task's loopback (its health check runs in the container):
+    # open to the world, idle sockets could starve it and get the task replaced.
+    template = load_template()
+    resources = template["Resources"]
     ingress = resources["SecurityGroup"]["Properties"]["SecurityGroupIngress"]
     opened = {(rule["FromPort"]["Ref"], rule["ToPort"]["Ref"]) for rule in ingress}
-    assert opened == {("RendezvousPort", "RendezvousPort"), ("HealthPort", "HealthPort")}
+    assert opened == {("RendezvousPort", "RendezvousPort")}
     assert all(rule["IpProtocol"] == "tcp" for rule in ingress)
+    container = resources["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]
+    assert [m["ContainerPort"] for m in container["PortMappings"]] == [{"Ref": "RendezvousPort"}]
+    environment = {env["Name"]: env["Value"] for env in container["Environment"]}
+    assert environment[constants.ENV_RENDEZVOUS_HEALTH_HOST] == "127.0.0.1"
+    assert template["Parameters"]["EnableTCPunch"]["Default"] == "false"
 
 
 def test_task_gets_a_public_ip_the_secret_and_only_known_settings() -> None:
@@ -89,9 +97,8 @@ def test_dockerfile_runs_the_server_as_a_non_root_user_with_a_health_check() -> 
     assert user and not user[-1].startswith(("root", "0:", "0")), user
     assert healthcheck_command() == ["python", "-m", "cosmicai.rendezvous", "healthcheck"]
     exposed = re.findall(r"^EXPOSE (.*)$", text, re.MULTILINE)
-    assert exposed == [
-        f"{constants.DEFAULT_RENDEZVOUS_PORT}/tcp {constants.DEFAULT_RENDEZVOUS_HEALTH_PORT}/tcp"
-    ]
+    # The health port listens on the container's loopback: nothing to expose.
+    assert exposed == [f"{constants.DEFAULT_RENDEZVOUS_PORT}/tcp"]
 
 
 def test_dockerfile_copies_only_what_exists_and_its_ignore_file_keeps() -> None:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from cosmicai.rendezvous.tcpunch import tcpunch_pair
+from cosmicai.rendezvous.client import tcpunch_pair
 from harness.rendezvous import LOOPBACK, async_test, running_server
 
 pytestmark = pytest.mark.timeout(30)

@@ -17,11 +17,11 @@ from cosmicai.exceptions import (
     RendezvousTimeoutError,
     WorldIncompleteError,
 )
-from cosmicai.rendezvous.auth import make_auth
 from cosmicai.rendezvous.client import BlockingRendezvousClient, RendezvousClient
-from cosmicai.rendezvous.endpoint import Endpoint
-from cosmicai.rendezvous.framing import PREAMBLE
-from cosmicai.rendezvous.messages import (
+from cosmicai.rendezvous.wire.auth import make_auth
+from cosmicai.rendezvous.wire.endpoint import Endpoint
+from cosmicai.rendezvous.wire.framing import PREAMBLE
+from cosmicai.rendezvous.wire.messages import (
     Accepted,
     AuthOk,
     Error,
@@ -139,8 +139,9 @@ async def test_malformed_and_unknown_messages_are_named() -> None:
 async def test_server_messages_from_a_client_are_unexpected() -> None:
     async with running_server() as server:
         reader, writer = await connect(server.port)
-        writer.write(PREAMBLE + encode(Left()))
+        writer.write(PREAMBLE + encode(make_auth(SECRET)) + encode(Left()))
         await reader.readexactly(len(PREAMBLE))
+        assert isinstance(await read_frame(reader), AuthOk)
         assert "sent by servers" in await expect_error(reader, ErrorCode.UNEXPECTED_MESSAGE)
         writer.close()
 

@@ -14,8 +14,8 @@ from cosmicai.constants import ENV_RENDEZVOUS_SECRET
 from cosmicai.exceptions import RendezvousRefusedError
 from cosmicai.rendezvous.cli import app
 from cosmicai.rendezvous.client import RendezvousClient
-from cosmicai.rendezvous.messages import ErrorCode
-from cosmicai.rendezvous.tcpunch import RECORD_SIZE
+from cosmicai.rendezvous.wire.messages import ErrorCode
+from cosmicai.rendezvous.wire.tcpunch import RECORD_SIZE
 from harness.rendezvous import (
     LOOPBACK,
     SECRET,
@@ -112,6 +112,24 @@ def test_the_server_imports_nothing_of_the_inference_stack() -> None:
         "import sys\n"
         f"for name in {blocked!r}: sys.modules[name] = None\n"
         "import cosmicai.rendezvous, cosmicai.rendezvous.cli, cosmicai.rendezvous.server\n"
-        "import cosmicai.rendezvous.route53, cosmicai.rendezvous.secret\n"
+        "import cosmicai.rendezvous.aws.route53, cosmicai.rendezvous.aws.secret\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_client_loads_no_server_module() -> None:
+    # GIVEN a fresh interpreter, WHEN a worker imports the clients (and the communicator's
+    # hole punching, which builds on them), THEN no module of the server
+    # is loaded: the server builds on the wire, not on the client, and only the cli joins them.
+    code = (
+        "import sys\n"
+        "import cosmicai.rendezvous.client, cosmicai.comm.punch\n"
+        "loaded = sorted(m for m in sys.modules if m == 'cosmicai.rendezvous.cli'"
+        " or m.startswith('cosmicai.rendezvous.server'))\n"
+        "assert not loaded, loaded\n"
+        "assert 'cosmicai.rendezvous.wire' in sys.modules\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr

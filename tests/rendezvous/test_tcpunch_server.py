@@ -1,5 +1,5 @@
 """The server as TCPunch/FMI clients meet it, on real loopback sockets, and the reference
-server's faults (DESIGN.md §6) shown fixed."""
+server's faults (docs/rendezvous-protocol.md §2) shown fixed."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import socket
 
 import pytest
 
-from cosmicai.rendezvous.endpoint import Endpoint
-from cosmicai.rendezvous.tcpunch import RECORD_SIZE, decode_record, encode_record, tcpunch_pair
+from cosmicai.rendezvous.wire.endpoint import Endpoint
+from cosmicai.rendezvous.client import tcpunch_pair
+from cosmicai.rendezvous.server.connection import Connection
+from cosmicai.rendezvous.wire.tcpunch import RECORD_SIZE, decode_record, encode_record
 from harness.rendezvous import (
     LOOPBACK,
     async_test,
@@ -63,6 +65,7 @@ async def test_accepted_sockets_keep_alive_so_vanished_hosts_are_noticed() -> No
         reader, writer = await send_name(server.port, b"alive")
         await reader.readexactly(RECORD_SIZE)
         (conn,) = server.state.connections
+        assert isinstance(conn, Connection)
         sock = conn.transport.get_extra_info("socket")
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 30
@@ -205,7 +208,7 @@ async def test_partners_resetting_while_others_pair_do_not_hurt_the_server() -> 
 
 @async_test
 async def test_waiting_limit_per_source_address() -> None:
-    async with running_server(max_waiting_per_address=2) as server:
+    async with running_server(max_tcpunch_waiting_per_address=2) as server:
         held = [await send_name(server.port, f"w{i}".encode()) for i in range(2)]
         for reader, _ in held:
             await reader.readexactly(RECORD_SIZE)
@@ -213,7 +216,7 @@ async def test_waiting_limit_per_source_address() -> None:
         reader, writer = await send_name(server.port, b"w3")
         # THEN it gets its record (sent before the decision) and is closed
         assert len(await read_to_eof(reader)) == RECORD_SIZE
-        assert server.metrics.value("limit_refusals_total", limit="waiting") == 1
+        assert server.metrics.value("limit_refusals_total", limit="tcpunch_waiting") == 1
         # AND a client that pairs with a waiter needs no slot
         await tcpunch_pair(LOOPBACK, server.port, b"w0")
         writer.close()
@@ -223,7 +226,7 @@ async def test_waiting_limit_per_source_address() -> None:
 
 @async_test
 async def test_connections_beyond_the_maximum_are_closed_at_once() -> None:
-    async with running_server(max_connections=2) as server:
+    async with running_server(max_connections=2, max_unauthenticated=2) as server:
         kept = [await connect(server.port) for _ in range(2)]
         await eventually(lambda: len(server.state.connections) == 2, "two connections open")
         reader, writer = await connect(server.port)

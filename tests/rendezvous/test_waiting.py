@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from cosmicai.rendezvous.messages import ErrorCode
-from cosmicai.rendezvous.waiting import PairingBoard, Refusal, WaitingLimits
+from cosmicai.rendezvous.server.waiting import PairingBoard, Refusal, WaitingLimits
+from cosmicai.rendezvous.wire.messages import ErrorCode
 
 
 @dataclass(eq=False)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from cosmicai.exceptions import RendezvousProtocolError
-from cosmicai.rendezvous.auth import make_auth
-from cosmicai.rendezvous.endpoint import Endpoint
-from cosmicai.rendezvous.framing import (
+from cosmicai.rendezvous.wire.auth import make_auth
+from cosmicai.rendezvous.wire.endpoint import Endpoint
+from cosmicai.rendezvous.wire.framing import (
     MAGIC,
     PREAMBLE,
     FrameDecoder,
@@ -15,7 +15,7 @@ from cosmicai.rendezvous.framing import (
     encode_frame,
     parse_preamble,
 )
-from cosmicai.rendezvous.messages import (
+from cosmicai.rendezvous.wire.messages import (
     Accepted,
     Auth,
     AuthOk,
@@ -33,7 +33,7 @@ from cosmicai.rendezvous.messages import (
     decode,
     encode,
 )
-from cosmicai.rendezvous.tcpunch import decode_record, encode_record
+from cosmicai.rendezvous.wire.tcpunch import decode_record, encode_record
 
 V4 = Endpoint("203.0.113.7", 40001)
 V6 = Endpoint("2001:db8::1", 443)

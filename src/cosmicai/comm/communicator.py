@@ -15,7 +15,6 @@ on this rank fail at once instead of waiting for their own deadlines, and later 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -30,8 +29,8 @@ from cosmicai.comm.channel import ANY_TAG, Bytes, Channel, tag_matches
 from cosmicai.comm.frames import MAX_TAG, Frame, FrameKind
 from cosmicai.comm.links import LinkMaker
 from cosmicai.comm.ops import SUM, ReduceOp, combine_into
+from cosmicai.comm.settings import CommSettings
 from cosmicai.comm.topology import Fold, binomial_children, binomial_parent, subtree_size
-from cosmicai.constants import DEFAULT_COMM_DEADLINE, ENV_COMM_DEADLINE
 from cosmicai.exceptions import CommError, CommProtocolError
 
 logger = logging.getLogger(__name__)
@@ -108,8 +107,7 @@ class Communicator:
             raise ValueError(f"rank {rank} is outside the world of size {size}")
         if link_maker.rank != rank:
             raise ValueError(f"the link maker acts for rank {link_maker.rank}, not {rank}")
-        if deadline_s is None:
-            deadline_s = float(os.environ.get(ENV_COMM_DEADLINE, DEFAULT_COMM_DEADLINE))
+        deadline_s = CommSettings.from_env(deadline_s=deadline_s).deadline_s
         if deadline_s <= 0:
             raise ValueError(f"deadline_s must be positive, not {deadline_s}")
         self.rank = rank

@@ -18,12 +18,12 @@ caller chose beforehand (a *claim*), which is how a numpy ``Recv`` lands without
 
 from __future__ import annotations
 
-import os
+import mmap
 import struct
 from collections.abc import Callable
 from enum import IntEnum
 
-from cosmicai.constants import DEFAULT_COMM_MAX_FRAME_BYTES, ENV_COMM_MAX_FRAME_BYTES
+from cosmicai.comm.settings import CommSettings
 from cosmicai.exceptions import CommProtocolError
 
 MAGIC = b"CF"
@@ -35,10 +35,8 @@ MAX_TAG = 2**31 - 1
 
 
 def max_frame_bytes(explicit: int | None = None) -> int:
-    """The largest payload accepted: argument > COSMICAI_COMM_MAX_FRAME_BYTES > 1 GiB."""
-    if explicit is not None:
-        return explicit
-    return int(os.environ.get(ENV_COMM_MAX_FRAME_BYTES, DEFAULT_COMM_MAX_FRAME_BYTES))
+    """The largest payload accepted: argument > COSMICAI_COMM_MAX_FRAME_BYTES > default."""
+    return CommSettings.from_env(max_frame_bytes=explicit).max_frame_bytes
 
 
 class FrameKind(IntEnum):
@@ -53,6 +51,12 @@ class FrameKind(IntEnum):
 
 
 _KIND_BY_VALUE = {int(kind): kind for kind in FrameKind}
+
+#: An unclaimed payload at least this large is received into an anonymous memory mapping:
+#: the kernel gives it memory page by page as bytes are written, so a header announcing a
+#: huge length costs nothing until the bytes really arrive (a bytearray is zeroed, all of it,
+#: at once). Smaller payloads use a bytearray, which is cheaper to make.
+MAPPED_PAYLOAD_MIN = 2**20
 
 #: Decides where a payload lands: called with (kind, tag, length) when a header is complete;
 #: returns a writable byte view of exactly ``length`` bytes, or None for a fresh bytearray.
@@ -129,8 +133,10 @@ class FrameAssembler:
 
     ``feed`` takes any slicing of the stream (a frame split at every byte works). A length
     above ``max_payload`` is refused as soon as the header is complete, before anything is
-    allocated for it. While a payload is incomplete, ``window`` is its unfilled rest and
-    ``advance`` records bytes written there, so large payloads skip the intermediate buffer.
+    allocated for it; below it, a large payload's memory is taken as its bytes arrive
+    (``MAPPED_PAYLOAD_MIN``), so a peer must send what it announces before the receiver holds
+    it. While a payload is incomplete, ``window`` is its unfilled rest and ``advance`` records
+    bytes written there, so large payloads skip the intermediate buffer.
     """
 
     __slots__ = (
@@ -236,7 +242,11 @@ class FrameAssembler:
             self._target = target
         else:
             self._claimed = False
-            self._target = bytearray(length)
+            self._target = (
+                memoryview(mmap.mmap(-1, length))
+                if length >= MAPPED_PAYLOAD_MIN
+                else bytearray(length)
+            )
         self._payload = memoryview(self._target).cast("B")
         self._kind, self._tag, self._length, self._fill = kind, tag, length, 0
         return None

@@ -31,19 +31,13 @@ from typing import Protocol
 from cosmicai.comm.channel import Channel, TcpChannel
 from cosmicai.comm.frames import FrameKind, max_frame_bytes
 from cosmicai.comm.handshake import MIN_KEY_BYTES, authenticate_link
+from cosmicai.comm.settings import CommSettings
 from cosmicai.comm.store import DEFAULT_POLL_INITIAL, StoreChannel
-from cosmicai.constants import (
-    DEFAULT_COMM_LINK_DEADLINE,
-    DEFAULT_COMM_STORE_POLL_MAX,
-    ENV_COMM_LINK_DEADLINE,
-    ENV_COMM_STORE_POLL_MAX,
-)
 from cosmicai.exceptions import CommError, CommProtocolError, CommTimeoutError, PeerAuthError
+from cosmicai.rendezvous.wire.endpoint import Endpoint
 from cosmicai.storage import Storage
 
 logger = logging.getLogger(__name__)
-
-Endpoint = tuple[str, int]
 
 #: Tag of the fallback decision frame (negative: never a user tag).
 LINK_DECISION_TAG = -1000
@@ -103,7 +97,7 @@ class StaticTcpLinks:
         self.max_payload = max_frame_bytes(max_payload)
         self.handshake_timeout_s = handshake_timeout_s
         if listener is None:
-            listener = socket.create_server(self.endpoints[rank], backlog=max(size, 16))
+            listener = socket.create_server(self.endpoints[rank].address, backlog=max(size, 16))
         self._listener = listener
         self._accepted: dict[int, TcpChannel] = {}
         self._handed_out: set[int] = set()
@@ -124,8 +118,7 @@ class StaticTcpLinks:
     @property
     def endpoint(self) -> Endpoint:
         """Where this rank actually listens (the port is known once bound)."""
-        host, port = self._listener.getsockname()[:2]
-        return str(host), int(port)
+        return Endpoint.from_sockaddr(self._listener.getsockname())
 
     def link(self, peer: int, deadline: float) -> Channel:
         if peer == self._rank or not 0 <= peer < self.size:
@@ -135,19 +128,19 @@ class StaticTcpLinks:
         return self._wait_accepted(peer, deadline)
 
     def _connect(self, peer: int, deadline: float) -> Channel:
-        host, port = self.endpoints[peer]
+        endpoint = self.endpoints[peer]
         delay = 0.005
         last_error: OSError | None = None
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise CommTimeoutError(
-                    f"could not connect to rank {peer} at {host}:{port} before the deadline"
+                    f"could not connect to rank {peer} at {endpoint} before the deadline"
                     + (f" (last error: {last_error})" if last_error else ""),
                     peer=peer,
                 )
             try:
-                sock = socket.create_connection((host, port), timeout=remaining)
+                sock = socket.create_connection(endpoint.address, timeout=remaining)
             except OSError as exc:
                 # Refused: the peer may not listen yet. Try again until the deadline.
                 last_error = exc
@@ -177,7 +170,7 @@ class StaticTcpLinks:
                     refused = f"; refused meanwhile: {self.refusals[-3:]}" if self.refusals else ""
                     raise CommTimeoutError(
                         f"rank {peer} did not connect to rank {self._rank} "
-                        f"(listening on {self.endpoint[0]}:{self.endpoint[1]}) before the "
+                        f"(listening on {self.endpoint}) before the "
                         f"deadline{refused}",
                         peer=peer,
                     )
@@ -297,9 +290,7 @@ class StoreLinks:
         self.prefix = prefix
         self.max_payload = max_frame_bytes(max_payload)
         self.poll_initial_s = poll_initial_s
-        if poll_max_s is None:
-            poll_max_s = float(os.environ.get(ENV_COMM_STORE_POLL_MAX, DEFAULT_COMM_STORE_POLL_MAX))
-        self.poll_max_s = poll_max_s
+        self.poll_max_s = CommSettings.from_env(store_poll_max_s=poll_max_s).store_poll_max_s
 
     @property
     def rank(self) -> int:
@@ -348,10 +339,7 @@ class FallbackLinks:
             raise ValueError(
                 f"the primary acts for rank {primary.rank}, the fallback for rank {fallback.rank}"
             )
-        if link_deadline_s is None:
-            link_deadline_s = float(
-                os.environ.get(ENV_COMM_LINK_DEADLINE, DEFAULT_COMM_LINK_DEADLINE)
-            )
+        link_deadline_s = CommSettings.from_env(link_deadline_s=link_deadline_s).link_deadline_s
         self.primary = primary
         self.fallback = fallback
         self.link_deadline_s = link_deadline_s

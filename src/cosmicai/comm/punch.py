@@ -32,7 +32,6 @@ outcome, and raises :class:`CommTimeoutError` at its deadline naming what was tr
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import logging
@@ -49,7 +48,7 @@ from dataclasses import dataclass, field
 from cosmicai.comm.channel import Channel, TcpChannel
 from cosmicai.comm.frames import max_frame_bytes
 from cosmicai.comm.handshake import MIN_KEY_BYTES, authenticate_link
-from cosmicai.comm.links import Endpoint, LinkMaker, check_world
+from cosmicai.comm.links import LinkMaker, check_world
 from cosmicai.exceptions import (
     CommError,
     CommTimeoutError,
@@ -58,8 +57,8 @@ from cosmicai.exceptions import (
     RendezvousTimeoutError,
     WorldIncompleteError,
 )
-from cosmicai.rendezvous.client import RendezvousClient, WorldResult
-from cosmicai.rendezvous.endpoint import Endpoint as RendezvousEndpoint
+from cosmicai.rendezvous.client import BlockingRendezvousClient, WorldResult
+from cosmicai.rendezvous.wire.endpoint import Endpoint
 
 logger = logging.getLogger(__name__)
 
@@ -109,10 +108,6 @@ def _bound_socket(host: str, port: int) -> socket.socket:
 
 def _error_name(code: int) -> str:
     return errno.errorcode.get(code, str(code))
-
-
-def _show(endpoint: Endpoint) -> str:
-    return f"{endpoint[0]}:{endpoint[1]}"
 
 
 @dataclass(frozen=True)
@@ -167,7 +162,7 @@ class _Target:
     def describe(self) -> str:
         errors = ", ".join(f"{name} x{count}" for name, count in self.errors.most_common())
         return (
-            f"{self.route} {_show(self.endpoint)}: {self.attempts} connect(s)"
+            f"{self.route} {self.endpoint!s}: {self.attempts} connect(s)"
             + (f" ({errors})" if errors else "")
             + (", one in flight" if self.connector is not None else "")
         )
@@ -290,7 +285,7 @@ class PunchLinks:
                     "rank %d punching toward rank %d: %s",
                     self._rank,
                     peer,
-                    ", ".join(f"{t.route} {_show(t.endpoint)}" for t in attempt.targets),
+                    ", ".join(f"{t.route} {t.endpoint!s}" for t in attempt.targets),
                 )
             attempt.active_until = max(attempt.active_until, deadline)
         self._notify(self._engine_wake)
@@ -420,7 +415,7 @@ class PunchLinks:
             outcome.seconds * 1000,
             outcome.via,
             outcome.route,
-            _show(outcome.endpoint),
+            outcome.endpoint,
             connects,
             len(extras) + attempt.dropped,
         )
@@ -570,7 +565,7 @@ class PunchLinks:
             target.back_off(now, _error_name(exc.errno or 0))
             return
         sock.setblocking(False)
-        code = sock.connect_ex(target.endpoint)
+        code = sock.connect_ex(target.endpoint.address)
         if code not in (0, errno.EINPROGRESS):
             # EADDRNOTAVAIL here usually means a connection with this very 4-tuple exists
             # already (the peer's SYN was accepted): it is in its handshake or decided.
@@ -622,7 +617,7 @@ class PunchLinks:
                 logger.warning("rank %d: accept failed: %s", self._rank, exc)
                 time.sleep(0.01)
                 return
-            self._start_handshake(conn, "accept", (str(address[0]), int(address[1])), None, None)
+            self._start_handshake(conn, "accept", Endpoint.from_sockaddr(address), None, None)
 
     def _start_handshake(
         self,
@@ -642,7 +637,7 @@ class PunchLinks:
         if busy:
             sock.close()
             if not self._closed:
-                self._refuse(f"{_show(remote)}: too many handshakes in progress")
+                self._refuse(f"{remote!s}: too many handshakes in progress")
             return
         threading.Thread(
             target=self._handshake,
@@ -680,12 +675,12 @@ class PunchLinks:
             if self._closed:
                 return
             if via == "accept":
-                self._refuse(f"{_show(remote)}: {exc}")
+                self._refuse(f"{remote!s}: {exc}")
             else:
                 logger.info(
                     "rank %d: the connection to %s failed the link handshake: %s",
                     self._rank,
-                    _show(remote),
+                    str(remote),
                     exc,
                 )
             self._notify(self._engine_wake)
@@ -737,63 +732,23 @@ def _read_verdict(sock: socket.socket) -> bytes | None:
 # -- the factory: rendezvous, then the link maker ------------------------------------------
 
 
-async def _join_world(
-    server_ip: str,
-    port: int,
-    *,
-    secret: bytes | None,
-    local_port: int,
-    private_host: str | None,
-    job_id: str,
-    size: int,
-    rank: int,
-    deadline: float,
-) -> tuple[RendezvousClient, WorldResult]:
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise TimeoutError
-    client = await RendezvousClient.connect(
-        server_ip,
-        port,
-        secret=secret,
-        local_address=("0.0.0.0", local_port),
-        timeout=min(CONNECT_TIMEOUT, remaining),
-    )
-    try:
-        private = RendezvousEndpoint(private_host or client.local_endpoint.host, local_port)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        # The server is asked for a slightly earlier deadline so that its verdict, which
-        # names the missing ranks, arrives before our own deadline cuts the wait short.
-        server_deadline = remaining - min(REGISTER_MARGIN, remaining * 0.1)
-        async with asyncio.timeout(remaining):
-            world = await client.register(
-                job_id, size, rank, private=private, deadline=max(server_deadline, 0.001)
-            )
-    except BaseException:
-        await client.close()
-        raise
-    return client, world
-
-
 def punch_links(
     *,
     rank: int,
     size: int,
     job_id: str,
     key: bytes,
-    rendezvous_host: str,
-    rendezvous_port: int,
+    rendezvous: Endpoint,
     rendezvous_secret: bytes | None,
     deadline_s: float,
     private_host: str | None = None,
+    max_payload: int | None = None,
 ) -> LinkMaker:
     """Register ``rank`` of ``job_id``'s world and return a hole-punching :class:`LinkMaker`.
 
     Binds one local port (IPv4) for the rendezvous connection, the listener and every punch;
-    registers with the rendezvous server (authenticated with ``rendezvous_secret`` when given)
-    and blocks until all ``size`` ranks are in, at most ``deadline_s`` seconds. Raises
+    registers with the ``rendezvous`` server (authenticated with ``rendezvous_secret`` when
+    given) and blocks until all ``size`` ranks are in, at most ``deadline_s`` seconds. Raises
     :class:`CommTimeoutError` when the world is not complete by then (the server's message
     names the missing ranks) and :class:`CommError` when the server cannot be reached or
     refuses. ``private_host`` is the address announced as this rank's private endpoint
@@ -808,78 +763,47 @@ def punch_links(
         raise ValueError(f"deadline_s must be positive, not {deadline_s}")
     started = time.monotonic()
     deadline = started + deadline_s
-    server = f"{rendezvous_host}:{rendezvous_port}"
     who = f"rank {rank} of job {job_id!r}"
     try:
         # IPv4 only: NATs, and the hole punching through them, are an IPv4 matter.
         infos = socket.getaddrinfo(
-            rendezvous_host, rendezvous_port, socket.AF_INET, socket.SOCK_STREAM
+            rendezvous.host, rendezvous.port, socket.AF_INET, socket.SOCK_STREAM
         )
     except OSError as exc:
-        raise CommError(f"{who}: cannot resolve the rendezvous server {server}: {exc}") from exc
+        raise CommError(f"{who}: cannot resolve the rendezvous server {rendezvous}: {exc}") from exc
     server_ip = str(infos[0][4][0])
 
     listener = _bound_socket("0.0.0.0", 0)
-    runner = asyncio.Runner()
     try:
         listener.listen(LISTEN_BACKLOG)
         local_port = int(listener.getsockname()[1])
-        try:
-            client, world = runner.run(
-                _join_world(
-                    server_ip,
-                    rendezvous_port,
-                    secret=rendezvous_secret,
-                    local_port=local_port,
-                    private_host=private_host,
-                    job_id=job_id,
-                    size=size,
-                    rank=rank,
-                    deadline=deadline,
-                )
-            )
-        except TimeoutError:
-            raise CommTimeoutError(
-                f"{who}: the world of {size} ranks was not complete at the rendezvous server "
-                f"{server} within {deadline_s:g} s (the server did not answer in time)"
-            ) from None
-        except (WorldIncompleteError, RendezvousTimeoutError) as exc:
-            raise CommTimeoutError(
-                f"{who}: no complete world of {size} ranks from the rendezvous server {server} "
-                f"before the deadline: {exc}"
-            ) from exc
-        except RendezvousError as exc:
-            raise CommError(
-                f"{who}: registration at the rendezvous server {server} failed: {exc}"
-            ) from exc
-        except OSError as exc:
-            raise CommError(f"{who}: cannot reach the rendezvous server {server}: {exc}") from exc
+        client, world = _join_world(
+            who,
+            rendezvous,
+            server_ip,
+            secret=rendezvous_secret,
+            local_port=local_port,
+            private_host=private_host,
+            job_id=job_id,
+            size=size,
+            rank=rank,
+            deadline=deadline,
+        )
     except BaseException:
-        runner.close()
         listener.close()
         raise
 
     def close_rendezvous() -> None:
         # The connection was kept open while links were made: on a real NAT it keeps the
         # port's mapping alive. The server closes it when idle anyway.
-        try:
-            with contextlib.suppress(OSError, RendezvousError):
-                runner.run(client.close())
-        finally:
-            runner.close()
+        with contextlib.suppress(OSError, RendezvousError):
+            client.close()
 
-    peers = [
-        PeerEndpoints(
-            (record.public.host, record.public.port),
-            None if record.private is None else (record.private.host, record.private.port),
-        )
-        for record in world.peers
-    ]
     logger.info(
         "rank %d of job %r registered with %s in %.1f ms: public %s, private %s, port %d",
         rank,
         job_id,
-        server,
+        rendezvous,
         (time.monotonic() - started) * 1000,
         world.public,
         world.peers[rank].private,
@@ -888,10 +812,77 @@ def punch_links(
     return PunchLinks(
         rank,
         size,
-        peers,
+        [PeerEndpoints(record.public, record.private) for record in world.peers],
         key=key,
         job_id=job_id,
         listener=listener,
-        public=(world.public.host, world.public.port),
+        public=world.public,
+        max_payload=max_payload,
         on_close=close_rendezvous,
     )
+
+
+def _join_world(
+    who: str,
+    rendezvous: Endpoint,
+    server_ip: str,
+    *,
+    secret: bytes | None,
+    local_port: int,
+    private_host: str | None,
+    job_id: str,
+    size: int,
+    rank: int,
+    deadline: float,
+) -> tuple[BlockingRendezvousClient, WorldResult]:
+    """Connect from ``local_port`` and register; every failure becomes a CommError naming
+    ``who`` and the server."""
+    size_text = f"the world of {size} ranks"
+    try:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        client = BlockingRendezvousClient(
+            server_ip,
+            rendezvous.port,
+            secret=secret,
+            local_address=("0.0.0.0", local_port),
+            timeout=min(CONNECT_TIMEOUT, remaining),
+        )
+        try:
+            private = Endpoint(private_host or client.local_endpoint.host, local_port)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            # The server is asked for a slightly earlier deadline so that its verdict, which
+            # names the missing ranks, arrives before our own deadline cuts the wait short.
+            server_deadline = remaining - min(REGISTER_MARGIN, remaining * 0.1)
+            world = client.register(
+                job_id,
+                size,
+                rank,
+                private=private,
+                deadline=max(server_deadline, 0.001),
+                timeout=remaining,
+            )
+        except BaseException:
+            with contextlib.suppress(OSError, RendezvousError):
+                client.close()
+            raise
+    except TimeoutError:
+        raise CommTimeoutError(
+            f"{who}: {size_text} was not complete at the rendezvous server {rendezvous} "
+            "before the deadline (the server did not answer in time)"
+        ) from None
+    except (WorldIncompleteError, RendezvousTimeoutError) as exc:
+        raise CommTimeoutError(
+            f"{who}: no complete world of {size} ranks from the rendezvous server {rendezvous} "
+            f"before the deadline: {exc}"
+        ) from exc
+    except RendezvousError as exc:
+        raise CommError(
+            f"{who}: registration at the rendezvous server {rendezvous} failed: {exc}"
+        ) from exc
+    except OSError as exc:
+        raise CommError(f"{who}: cannot reach the rendezvous server {rendezvous}: {exc}") from exc
+    return client, world

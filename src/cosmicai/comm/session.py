@@ -10,64 +10,20 @@ the results are the same, only slower.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
-from typing import Literal
-
 from cosmicai.comm.communicator import Communicator
 from cosmicai.comm.handshake import derive_job_key
 from cosmicai.comm.links import FallbackLinks, LinkMaker, StoreLinks
-from cosmicai.constants import (
-    DEFAULT_COMM_DEADLINE,
-    DEFAULT_COMM_LINK_DEADLINE,
-    ENV_COMM_DEADLINE,
-    ENV_COMM_LINK_DEADLINE,
-    ENV_RENDEZVOUS,
-    ENV_RENDEZVOUS_SECRET,
-    ENV_RENDEZVOUS_SECRET_ARN,
-)
-from cosmicai.exceptions import CommError
+from cosmicai.comm.punch import punch_links
+from cosmicai.comm.settings import CommSettings, Mode
+from cosmicai.constants import ENV_RENDEZVOUS, ENV_RENDEZVOUS_SECRET, ENV_RENDEZVOUS_SECRET_ARN
 from cosmicai.storage import Storage
 
-
-@dataclass(frozen=True)
-class CommSettings:
-    mode: Literal["direct", "store"]
-    #: (host, port) of the rendezvous server, for ``direct``.
-    rendezvous: tuple[str, int] | None = None
-    secret: bytes | None = field(default=None, repr=False)
-    #: Seconds one collective may take (ranks start at different times: generous).
-    deadline_s: float = DEFAULT_COMM_DEADLINE
-    #: Seconds a direct link may take before that link uses the object store.
-    link_deadline_s: float = DEFAULT_COMM_LINK_DEADLINE
+__all__ = ["CommSettings", "open_communicator", "settings_from_env"]
 
 
-def parse_endpoint(text: str) -> tuple[str, int]:
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise CommError(f"rendezvous endpoint {text!r} is not host:port")
-    return host.strip("[]"), int(port)
-
-
-def settings_from_env(mode: Literal["direct", "store"]) -> CommSettings:
+def settings_from_env(mode: Mode) -> CommSettings:
     """Settings for ``mode`` from the environment the deployment (or local runner) set."""
-    rendezvous = None
-    secret = None
-    if mode == "direct" and os.environ.get(ENV_RENDEZVOUS):
-        from cosmicai.rendezvous.secret import load_secret
-
-        rendezvous = parse_endpoint(os.environ[ENV_RENDEZVOUS])
-        secret = load_secret(
-            value=os.environ.get(ENV_RENDEZVOUS_SECRET) or None,
-            secret_arn=os.environ.get(ENV_RENDEZVOUS_SECRET_ARN) or None,
-        )
-    return CommSettings(
-        mode=mode,
-        rendezvous=rendezvous,
-        secret=secret,
-        deadline_s=float(os.environ.get(ENV_COMM_DEADLINE, DEFAULT_COMM_DEADLINE)),
-        link_deadline_s=float(os.environ.get(ENV_COMM_LINK_DEADLINE, DEFAULT_COMM_LINK_DEADLINE)),
-    )
+    return CommSettings.from_env(mode)
 
 
 def open_communicator(
@@ -81,7 +37,14 @@ def open_communicator(
     prefix: str,
 ) -> tuple[Communicator, str]:
     """A communicator for ``rank`` of ``size``, and a sentence saying which links it uses."""
-    store = StoreLinks(rank, storage, bucket, prefix)
+    store = StoreLinks(
+        rank,
+        storage,
+        bucket,
+        prefix,
+        max_payload=settings.max_frame_bytes,
+        poll_max_s=settings.store_poll_max_s,
+    )
     links: LinkMaker = store
     note = "object store links"
     if settings.mode == "direct":
@@ -92,19 +55,16 @@ def open_communicator(
                 "object store links"
             )
         else:
-            from cosmicai.comm.punch import punch_links
-
-            host, port = settings.rendezvous
+            server = settings.rendezvous
             direct = punch_links(
                 rank=rank,
                 size=size,
                 job_id=job_id,
                 key=derive_job_key(settings.secret, job_id),
-                rendezvous_host=host,
-                rendezvous_port=port,
+                rendezvous=server,
                 rendezvous_secret=settings.secret,
                 deadline_s=settings.deadline_s,
             )
             links = FallbackLinks(direct, store, link_deadline_s=settings.link_deadline_s)
-            note = f"hole-punched TCP links via {host}:{port}, object store where they fail"
+            note = f"hole-punched TCP links via {server}, object store where they fail"
     return Communicator(rank, size, links, deadline_s=settings.deadline_s), note

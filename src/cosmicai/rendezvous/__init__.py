@@ -1,32 +1,14 @@
-"""The rendezvous server and its client: workers find each other's public and private
-endpoints here before punching holes through their NATs (DESIGN.md §6).
+"""Rendezvous: workers find each other's public and private endpoints here before punching
+holes through their NATs (``docs/rendezvous-protocol.md``, ``docs/communicator.md``).
 
-One asyncio server speaks TCPunch's protocol byte for byte (for FMI's C++ clients) and a
-native, authenticated protocol with pairing by name and world registration
-(``docs/rendezvous-protocol.md``).
+Layers, each importing only those below it:
+
+- ``wire``: endpoint, framing, messages, authentication, TCPunch records;
+- ``client``: the native client (asyncio and blocking) and a TCPunch client;
+- ``server``: the asyncio server speaking TCPunch byte for byte (for FMI's C++ clients) and
+  the native, authenticated protocol with pairing by name and world registration;
+- ``aws``: Route 53 self-registration and the secret's sources;
+- ``cli`` / ``__main__``: the command line that composes them.
+
+This package imports none of them, so importing the client never loads the server.
 """
-
-from __future__ import annotations
-
-from cosmicai.rendezvous.client import (
-    BlockingRendezvousClient,
-    PairResult,
-    RendezvousClient,
-    WorldResult,
-)
-from cosmicai.rendezvous.config import ServerConfig
-from cosmicai.rendezvous.endpoint import Endpoint
-from cosmicai.rendezvous.messages import ErrorCode, PeerRecord
-from cosmicai.rendezvous.server import RendezvousServer
-
-__all__ = [
-    "BlockingRendezvousClient",
-    "Endpoint",
-    "ErrorCode",
-    "PairResult",
-    "PeerRecord",
-    "RendezvousClient",
-    "RendezvousServer",
-    "ServerConfig",
-    "WorldResult",
-]

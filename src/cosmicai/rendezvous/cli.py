@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import sys
 import urllib.error
@@ -23,8 +24,11 @@ import typer
 
 from cosmicai import constants as c
 from cosmicai.exceptions import CosmicAIError
-from cosmicai.rendezvous.config import ServerConfig
-from cosmicai.rendezvous.logs import configure_logging, log_event
+from cosmicai.rendezvous.aws.route53 import self_register
+from cosmicai.rendezvous.aws.secret import load_secret
+from cosmicai.rendezvous.client.tcpunch import tcpunch_pair
+from cosmicai.rendezvous.server import RendezvousServer, ServerConfig
+from cosmicai.rendezvous.server.logs import configure_logging, log_event
 
 app = typer.Typer(
     help="The rendezvous server: pairs workers (TCPunch and native protocol) for hole punching.",
@@ -45,8 +49,6 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 
 def raise_open_file_limit() -> int:
     """Raise this process's soft RLIMIT_NOFILE to its hard limit; return the soft limit."""
-    import resource
-
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
     if soft == resource.RLIM_INFINITY or soft >= target:
@@ -67,9 +69,13 @@ def serve(
         int, typer.Option(envvar=c.ENV_RENDEZVOUS_PORT, help="Rendezvous port (both protocols).")
     ] = _DEFAULTS.port,
     health_host: Annotated[
-        str | None,
-        typer.Option(envvar=c.ENV_RENDEZVOUS_HEALTH_HOST, help="Health address [default: host]."),
-    ] = None,
+        str,
+        typer.Option(
+            envvar=c.ENV_RENDEZVOUS_HEALTH_HOST,
+            help="Health address: loopback, for the health check run inside the container. "
+            "Exposing it lets anyone read the counters.",
+        ),
+    ] = _DEFAULTS.health_host,
     health_port: Annotated[
         int,
         typer.Option(envvar=c.ENV_RENDEZVOUS_HEALTH_PORT, help="Port of GET /healthz, /metrics."),
@@ -111,10 +117,47 @@ def serve(
     max_connections: Annotated[
         int, typer.Option(envvar=c.ENV_RENDEZVOUS_MAX_CONNECTIONS, min=1)
     ] = _DEFAULTS.max_connections,
+    max_connections_per_address: Annotated[
+        int,
+        typer.Option(
+            envvar=c.ENV_RENDEZVOUS_MAX_CONNECTIONS_PER_ADDRESS,
+            min=1,
+            help="Connections per source IP (a NAT gateway's workers share one).",
+        ),
+    ] = _DEFAULTS.max_connections_per_address,
+    max_unauthenticated: Annotated[
+        int,
+        typer.Option(
+            envvar=c.ENV_RENDEZVOUS_MAX_UNAUTHENTICATED,
+            min=1,
+            help="Connections not yet authenticated (TCPunch ones included); the rest of "
+            "--max-connections is kept for authenticated clients.",
+        ),
+    ] = _DEFAULTS.max_unauthenticated,
+    max_unauthenticated_per_address: Annotated[
+        int,
+        typer.Option(envvar=c.ENV_RENDEZVOUS_MAX_UNAUTHENTICATED_PER_ADDRESS, min=1),
+    ] = _DEFAULTS.max_unauthenticated_per_address,
     max_waiting: Annotated[
         int,
-        typer.Option(envvar=c.ENV_RENDEZVOUS_MAX_WAITING, min=1, help="Waiting entries in all."),
+        typer.Option(
+            envvar=c.ENV_RENDEZVOUS_MAX_WAITING,
+            min=1,
+            help="Waiting entries of authenticated clients (pairs and world ranks).",
+        ),
     ] = _DEFAULTS.max_waiting,
+    max_tcpunch_waiting: Annotated[
+        int,
+        typer.Option(
+            envvar=c.ENV_RENDEZVOUS_MAX_TCPUNCH_WAITING,
+            min=1,
+            help="Waiting TCPunch clients (a budget apart from authenticated clients').",
+        ),
+    ] = _DEFAULTS.max_tcpunch_waiting,
+    max_tcpunch_waiting_per_address: Annotated[
+        int,
+        typer.Option(envvar=c.ENV_RENDEZVOUS_MAX_TCPUNCH_WAITING_PER_ADDRESS, min=1),
+    ] = _DEFAULTS.max_tcpunch_waiting_per_address,
     max_waiting_per_address: Annotated[
         int,
         typer.Option(
@@ -180,8 +223,6 @@ def serve(
     ] = "auto",
 ) -> None:
     """Run the rendezvous server until SIGTERM or SIGINT."""
-    from cosmicai.rendezvous.secret import load_secret
-
     if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         _fail(f"--log-level must be DEBUG, INFO, WARNING or ERROR, not {log_level!r}")
     loop_factory = _loop_factory(event_loop)
@@ -213,6 +254,9 @@ def serve(
             open_file_limit=fd_limit,
         )
         max_connections = max(1, fd_limit - RESERVED_FDS)
+    if max_unauthenticated > max_connections:
+        # Keep a quarter for authenticated clients rather than refuse to start.
+        max_unauthenticated = max(1, max_connections * 3 // 4)
     try:
         config = ServerConfig(
             host=host,
@@ -222,7 +266,12 @@ def serve(
             secret=secret,
             tcpunch=tcpunch,
             max_connections=max_connections,
+            max_connections_per_address=max_connections_per_address,
+            max_unauthenticated=max_unauthenticated,
+            max_unauthenticated_per_address=max_unauthenticated_per_address,
             max_waiting=max_waiting,
+            max_tcpunch_waiting=max_tcpunch_waiting,
+            max_tcpunch_waiting_per_address=max_tcpunch_waiting_per_address,
             max_waiting_per_address=max_waiting_per_address,
             max_world_size=max_world_size,
             max_frame_bytes=max_frame_bytes,
@@ -256,7 +305,7 @@ def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     if name == "asyncio":
         return None
     try:
-        import uvloop
+        import uvloop  # optional: the cosmicai[rendezvous] extra
     except ImportError:
         if name == "uvloop":
             _fail("--event-loop uvloop needs uvloop: pip install 'cosmicai[rendezvous]'")
@@ -268,9 +317,6 @@ def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
 async def _serve(
     config: ServerConfig, registration: tuple[str, str, int, str | None] | None
 ) -> None:
-    from cosmicai.rendezvous.route53 import self_register
-    from cosmicai.rendezvous.server import RendezvousServer
-
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     received: list[str] = []
@@ -326,8 +372,6 @@ def tcpunch_pair_command(
     timeout: float = 30.0,
 ) -> None:
     """Pair once as a TCPunch client would, and print both public endpoints (smoke test)."""
-    from cosmicai.rendezvous.tcpunch import tcpunch_pair
-
     try:
         own, peer = asyncio.run(tcpunch_pair(host, port, name.encode(), timeout=timeout))
     except (CosmicAIError, ValueError) as exc:

@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import cast
 
 from cosmicai.exceptions import RendezvousProtocolError
-from cosmicai.rendezvous.endpoint import Endpoint
-from cosmicai.rendezvous.framing import (
+from cosmicai.rendezvous.server.connection import Connection
+from cosmicai.rendezvous.server.logs import log_event
+from cosmicai.rendezvous.server.waiting import Refusal
+from cosmicai.rendezvous.wire.endpoint import Endpoint
+from cosmicai.rendezvous.wire.framing import (
     MAGIC,
     PREAMBLE,
     PREAMBLE_SIZE,
@@ -22,8 +25,7 @@ from cosmicai.rendezvous.framing import (
     FrameDecoder,
     FrameTooLargeError,
 )
-from cosmicai.rendezvous.logs import log_event
-from cosmicai.rendezvous.messages import (
+from cosmicai.rendezvous.wire.messages import (
     Accepted,
     Auth,
     AuthOk,
@@ -38,10 +40,6 @@ from cosmicai.rendezvous.messages import (
     decode,
     encode,
 )
-from cosmicai.rendezvous.waiting import Refusal
-
-if TYPE_CHECKING:
-    from cosmicai.rendezvous.connection import Connection
 
 _PREAMBLE, _READY, _PENDING_PAIR, _PENDING_WORLD, _CLOSED = range(5)
 
@@ -132,7 +130,8 @@ class NativeSession:
                     f"version {PROTOCOL_VERSION}",
                 )
                 return
-            self.conn.hello_done()
+            if self.authenticated:
+                self.conn.authenticate()  # no secret on this server: the preamble suffices
             self._status = _READY
             self._touch()
             if not data:
@@ -160,18 +159,21 @@ class NativeSession:
         except RendezvousProtocolError as exc:
             self._fail(ErrorCode.MALFORMED_MESSAGE, str(exc))
             return
+        if not self.authenticated and not isinstance(message, Auth):
+            # Nothing but AUTH before AUTH: a stranger may not keep a connection alive.
+            self._fail(
+                ErrorCode.AUTH_REQUIRED,
+                f"this server requires AUTH before any request, not "
+                f"{type(message).__name__.upper()}",
+            )
+            return
         match message:
             case Auth():
                 self._auth(message)
             case Leave():
                 self._leave()
             case Pair() | Register():
-                if not self.authenticated:
-                    self._fail(
-                        ErrorCode.AUTH_REQUIRED,
-                        "this server requires AUTH before any request",
-                    )
-                elif self._status != _READY:
+                if self._status != _READY:
                     self._fail(
                         ErrorCode.UNEXPECTED_MESSAGE,
                         f"{type(message).__name__.upper()} while a request is pending "
@@ -205,6 +207,7 @@ class NativeSession:
             self._fail(verdict, text)
             return
         self.authenticated = True
+        self.conn.authenticate()
         self.conn.send(encode(AuthOk(int(time.time() * 1000))))
 
     def _pair(self, message: Pair) -> None:
@@ -212,7 +215,8 @@ class NativeSession:
         max_wait = state.config.max_pair_wait
         wait = min(message.wait_ms / 1000, max_wait) if message.wait_ms else max_wait
         try:
-            partner = state.native_board.offer(message.name, self)
+            # Only NativeSessions wait on this board.
+            partner = cast(NativeSession | None, state.native_board.offer(message.name, self))
         except Refusal as refusal:
             self._fail(refusal.code, refusal.message)
             return
@@ -351,6 +355,14 @@ class NativeSession:
             return
         self.conn.state.metrics.inc("timeouts_total", kind="idle")
         self._fail(ErrorCode.IDLE_TIMEOUT, f"no request for {idle_timeout:g} s")
+
+    def hello_expired(self) -> None:
+        if self._status == _PREAMBLE:
+            self._status = _CLOSED
+            self.conn.abort()  # not known to speak our protocol: no reply
+        elif self._status != _CLOSED and not self.authenticated:
+            timeout = self.conn.state.config.hello_timeout
+            self._fail(ErrorCode.AUTH_REQUIRED, f"no AUTH within {timeout:g} s of connecting")
 
     def connection_lost(self) -> None:
         self._withdraw()

@@ -1,21 +1,28 @@
 """The health port: ``GET /healthz`` (JSON status and counters) and ``GET /metrics``
 (Prometheus text). A deliberately tiny HTTP/1.1 server: one request per connection, bounded
-request size, a deadline, and a cap on simultaneous connections, so it cannot be used to
-exhaust the rendezvous server it reports on."""
+request size, a short deadline, and a cap on simultaneous connections, so it cannot be used to
+exhaust the rendezvous server it reports on.
+
+It listens on loopback unless told otherwise (the health check runs inside the task). Even
+so it cannot be starved: at the cap, a new connection evicts the oldest one still waiting for
+its request, so idle sockets cannot crowd out the health check, which sends its request at
+once."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from cosmicai import __version__
-from cosmicai.rendezvous.metrics import Metrics
+from cosmicai.rendezvous.server.metrics import Metrics
 
 MAX_REQUEST_BYTES = 8192
-REQUEST_TIMEOUT = 5.0
+#: The health check sends its request at once: an idle socket is dropped soon.
+REQUEST_TIMEOUT = 2.0
 MAX_CONNECTIONS = 32
 
 
@@ -28,7 +35,8 @@ class HealthServer:
         self._host = host
         self._port = port
         self._server: asyncio.Server | None = None
-        self._open = 0
+        #: Connections whose request has not arrived yet, oldest first.
+        self._waiting: OrderedDict[asyncio.StreamWriter, None] = OrderedDict()
         self._started = time.monotonic()
 
     @property
@@ -36,6 +44,11 @@ class HealthServer:
         assert self._server is not None, "the health server is not started"
         port: int = self._server.sockets[0].getsockname()[1]
         return port
+
+    @property
+    def host(self) -> str:
+        assert self._server is not None, "the health server is not started"
+        return str(self._server.sockets[0].getsockname()[0])
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
@@ -56,10 +69,12 @@ class HealthServer:
         }
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._open += 1
+        waiting = self._waiting
+        while len(waiting) >= MAX_CONNECTIONS:
+            oldest, _ = waiting.popitem(last=False)
+            oldest.transport.abort()
+        waiting[writer] = None
         try:
-            if self._open > MAX_CONNECTIONS:
-                return
             try:
                 async with asyncio.timeout(REQUEST_TIMEOUT):
                     head = await reader.readuntil(b"\r\n\r\n")
@@ -67,6 +82,8 @@ class HealthServer:
                 return
             except ConnectionError:
                 return
+            finally:
+                waiting.pop(writer, None)
             status, content_type, body = self._respond(head)
             writer.write(
                 f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
@@ -79,7 +96,6 @@ class HealthServer:
             except (TimeoutError, ConnectionError):
                 return
         finally:
-            self._open -= 1
             writer.close()
 
     def _respond(self, head: bytes) -> tuple[str, str, bytes]:

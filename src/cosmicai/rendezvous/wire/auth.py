@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from cosmicai.rendezvous.messages import MAC_SIZE, NONCE_SIZE, Auth, ErrorCode
+from cosmicai.rendezvous.wire.messages import MAC_SIZE, NONCE_SIZE, Auth, ErrorCode
 
 #: Domain separation: a MAC made for this protocol version is useless anywhere else.
 AUTH_CONTEXT = b"cosmicai-rendezvous/1 auth\x00"

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
-from cosmicai.rendezvous.messages import ErrorCode
+from cosmicai.rendezvous.wire.messages import ErrorCode
 
 
 class Refusal(Exception):

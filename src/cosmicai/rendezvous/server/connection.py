@@ -4,6 +4,10 @@ The first byte decides the protocol: zero starts the native preamble, anything e
 first byte of a TCPunch pairing name. No waiting is needed beyond that byte, so TCPunch
 clients are not slowed down by the disambiguation; a connection that sends nothing is closed
 after ``hello_timeout``.
+
+Each connection is admitted (or refused, or admitted in the place of a stranger's) by
+``admission`` when it is accepted, counts as unauthenticated until its session calls
+``authenticate``, and must finish its hello (a native client: its AUTH) by ``hello_timeout``.
 """
 
 from __future__ import annotations
@@ -11,17 +15,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import TYPE_CHECKING, Protocol, cast
+from collections.abc import Callable
+from typing import Protocol, cast
 
-from cosmicai.rendezvous.endpoint import Endpoint
-from cosmicai.rendezvous.logs import log_event
-
-if TYPE_CHECKING:
-    from cosmicai.rendezvous.state import ServerState
+from cosmicai.rendezvous.server.logs import log_event
+from cosmicai.rendezvous.server.state import ServerState
+from cosmicai.rendezvous.wire.endpoint import Endpoint
 
 
 class Session(Protocol):
     def data_received(self, data: bytes) -> None: ...
+
+    def hello_expired(self) -> None:
+        """``hello_timeout`` passed before the session finished its hello (or its AUTH)."""
 
     def connection_lost(self) -> None: ...
 
@@ -46,11 +52,26 @@ def enable_keepalive(sock: socket.socket) -> None:
 LINGER_SECONDS = 2.0
 
 
-class Connection(asyncio.Protocol):
-    __slots__ = ("_hello_timer", "peer", "session", "state", "transport")
+#: Makes the session for a connection's first byte, or refuses it (returns None, having
+#: dropped the connection); the server supplies it, so this module knows no session class.
+OpenSession = Callable[["Connection", int], Session | None]
 
-    def __init__(self, state: ServerState) -> None:
+
+class Connection(asyncio.Protocol):
+    __slots__ = (
+        "_hello_timer",
+        "_open_session",
+        "authenticated",
+        "peer",
+        "session",
+        "state",
+        "transport",
+    )
+
+    def __init__(self, state: ServerState, open_session: OpenSession) -> None:
         self.state = state
+        self._open_session = open_session
+        self.authenticated = False
         self.session: Session | None = None
         self._hello_timer: asyncio.TimerHandle | None = None
 
@@ -62,43 +83,42 @@ class Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         state = self.state
         state.metrics.inc("connections_total")
-        if state.closing or len(state.connections) >= state.config.max_connections:
+        self.peer = Endpoint.from_sockaddr(transport.get_extra_info("peername"))
+        verdict = None if state.closing else state.admission.admit(self, self.peer.host)
+        if verdict is None or verdict.refused is not None:
             state.metrics.inc("connections_rejected_total")
+            if verdict is not None:
+                state.metrics.inc("limit_refusals_total", limit=verdict.refused or "")
             self.transport.abort()
             return
-        self.peer = Endpoint.from_sockaddr(transport.get_extra_info("peername"))
+        if verdict.evicted is not None:
+            state.metrics.inc("limit_refusals_total", limit="unauthenticated_evicted")
+            verdict.evicted.abort()
         state.connections.add(self)
         self._hello_timer = state.loop.call_later(state.config.hello_timeout, self._hello_expired)
 
     def data_received(self, data: bytes) -> None:
         session = self.session
         if session is None:
-            session = self._choose_protocol(data[0])
+            session = self.session = self._open_session(self, data[0])
             if session is None:
                 return
         session.data_received(data)
 
-    def _choose_protocol(self, first_byte: int) -> Session | None:
-        # Imported here: the sessions import this module for the Connection type.
-        from cosmicai.rendezvous.native_session import NativeSession
-        from cosmicai.rendezvous.tcpunch_session import TCPunchSession
-
-        if first_byte == 0:
-            self.session = NativeSession(self)
-            self.state.metrics.inc("sessions_total", protocol="native")
-        elif self.state.config.tcpunch:
-            self.session = TCPunchSession(self)
-            self.state.metrics.inc("sessions_total", protocol="tcpunch")
-        else:
-            self.protocol_error("tcpunch_disabled", "TCPunch client while TCPunch is off")
-            return None
-        return self.session
-
     def connection_lost(self, exc: Exception | None) -> None:
         self.hello_done()
         self.state.connections.discard(self)
+        self.state.admission.release(self)
         if self.session is not None:
             self.session.connection_lost()
+
+    def authenticate(self) -> None:
+        """The client has proved itself (or needs not): its hello is over, and it leaves the
+        budget of unauthenticated connections."""
+        self.hello_done()
+        if not self.authenticated:
+            self.authenticated = True
+            self.state.admission.authenticated(self)
 
     def hello_done(self) -> None:
         if self._hello_timer is not None:
@@ -109,7 +129,22 @@ class Connection(asyncio.Protocol):
         self._hello_timer = None
         self.state.metrics.inc("timeouts_total", kind="hello")
         log_event(logging.DEBUG, "hello_timeout", peer=str(self.peer))
-        # A silent or half-named client gets no answer: TCPunch has no way to carry one.
+        if self.session is not None:
+            self.session.hello_expired()
+        else:
+            self.transport.abort()  # a silent client gets no answer
+
+    def shutdown(self) -> None:
+        """The server is stopping: let the session say goodbye, or just close."""
+        if self.session is not None:
+            self.session.shutdown()
+        else:
+            self.close()
+
+    def abort(self) -> None:
+        self.hello_done()
+        self.state.connections.discard(self)
+        self.state.admission.release(self)
         self.transport.abort()
 
     def is_alive(self) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cosmicai.exceptions import RendezvousConfigError
-from cosmicai.rendezvous.auth import MIN_SECRET_BYTES
+from cosmicai.rendezvous.wire.auth import MIN_SECRET_BYTES
 
 
 def load_secret(
@@ -69,11 +69,12 @@ def load_secret(
 
 
 def _from_ssm(name: str, client: Any) -> bytes:
+    # Lazy for cold start: boto3 is slow to import and only an AWS source or call needs it.
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
         if client is None:
-            import boto3
+            import boto3  # lazy: see above
 
             client = boto3.client("ssm")
         response = client.get_parameter(Name=name, WithDecryption=True)
@@ -84,11 +85,12 @@ def _from_ssm(name: str, client: Any) -> bytes:
 
 
 def _from_secrets_manager(secret_id: str, client: Any) -> bytes:
+    # Lazy for cold start: boto3 is slow to import and only an AWS source or call needs it.
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
         if client is None:
-            import boto3
+            import boto3  # lazy: see above
 
             client = boto3.client("secretsmanager")
         response = client.get_secret_value(SecretId=secret_id)

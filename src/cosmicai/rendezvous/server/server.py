@@ -14,12 +14,28 @@ import logging
 from types import TracebackType
 from typing import Any
 
-from cosmicai.rendezvous.config import ServerConfig
-from cosmicai.rendezvous.connection import Connection, enable_keepalive
-from cosmicai.rendezvous.health import HealthServer
-from cosmicai.rendezvous.logs import log_event
-from cosmicai.rendezvous.metrics import Metrics
-from cosmicai.rendezvous.state import ServerState
+from cosmicai.rendezvous.server.config import ServerConfig
+from cosmicai.rendezvous.server.connection import Connection, Session, enable_keepalive
+from cosmicai.rendezvous.server.health import HealthServer
+from cosmicai.rendezvous.server.logs import log_event
+from cosmicai.rendezvous.server.metrics import Metrics
+from cosmicai.rendezvous.server.native_session import NativeSession
+from cosmicai.rendezvous.server.state import ServerState
+from cosmicai.rendezvous.server.tcpunch_session import TCPunchSession
+
+
+def open_session(conn: Connection, first_byte: int) -> Session | None:
+    """The protocol a connection's first byte chose: zero starts the native preamble, anything
+    else is the first byte of a TCPunch pairing name."""
+    state = conn.state
+    if first_byte == 0:
+        state.metrics.inc("sessions_total", protocol="native")
+        return NativeSession(conn)
+    if state.config.tcpunch:
+        state.metrics.inc("sessions_total", protocol="tcpunch")
+        return TCPunchSession(conn)
+    conn.protocol_error("tcpunch_disabled", "TCPunch client while TCPunch is off")
+    return None
 
 
 class RendezvousServer:
@@ -47,12 +63,18 @@ class RendezvousServer:
         assert self._health is not None, "the rendezvous server is not started"
         return self._health.port
 
+    @property
+    def health_host(self) -> str:
+        """The address the health port is bound to."""
+        assert self._health is not None, "the rendezvous server is not started"
+        return self._health.host
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         config = self.config
         state = self._state = ServerState.create(config, loop, self.metrics)
         self._server = await loop.create_server(
-            lambda: Connection(state),
+            lambda: Connection(state, open_session),
             config.host,
             config.port,
             backlog=config.backlog,
@@ -61,7 +83,7 @@ class RendezvousServer:
         for sock in self._server.sockets:
             enable_keepalive(sock)
         self._health = HealthServer(
-            self.metrics, self._status, config.health_host or config.host, config.health_port
+            self.metrics, self._status, config.health_host, config.health_port
         )
         try:
             await self._health.start()
@@ -70,9 +92,7 @@ class RendezvousServer:
             raise
         metrics = self.metrics
         metrics.gauge("connections_open", "Connections open now.", lambda: len(state.connections))
-        metrics.gauge(
-            "waiting", "Waiting entries (pairs and world ranks).", lambda: state.limits.total
-        )
+        metrics.gauge("waiting", "Waiting entries (pairs and world ranks).", lambda: state.waiting)
         metrics.gauge(
             "tcpunch_waiting",
             "TCPunch clients waiting for a partner.",
@@ -82,6 +102,11 @@ class RendezvousServer:
             "native_waiting",
             "Native clients waiting for a partner.",
             lambda: len(state.native_board),
+        )
+        metrics.gauge(
+            "unauthenticated_open",
+            "Connections open and not yet authenticated (TCPunch ones included).",
+            lambda: state.admission.unauthenticated,
         )
         metrics.gauge("worlds_open", "Worlds still filling.", lambda: len(state.worlds))
         metrics.gauge(
@@ -94,6 +119,7 @@ class RendezvousServer:
             "listening",
             host=config.host,
             port=self.port,
+            health_host=config.health_host,
             health_port=self.health_port,
             tcpunch=config.tcpunch,
             auth=config.secret is not None,
@@ -117,19 +143,16 @@ class RendezvousServer:
             return
         state.closing = True
         server.close()
-        waiting = state.limits.total
+        waiting = state.waiting
         state.worlds.close("the rendezvous server is shutting down")
         for conn in list(state.connections):
-            if conn.session is not None:
-                conn.session.shutdown()
-            else:
-                conn.close()
+            conn.shutdown()
         loop = state.loop
         deadline = loop.time() + self.config.shutdown_grace
         while state.connections and loop.time() < deadline:
             await asyncio.sleep(0.02)
         for conn in list(state.connections):
-            conn.transport.abort()
+            conn.abort()
         await asyncio.sleep(0)  # let the aborts run connection_lost
         await server.wait_closed()
         if self._health is not None:

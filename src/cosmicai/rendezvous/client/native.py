@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from types import TracebackType
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from cosmicai.constants import DEFAULT_RENDEZVOUS_PORT
 from cosmicai.exceptions import (
@@ -27,9 +28,9 @@ from cosmicai.exceptions import (
     RendezvousTimeoutError,
     WorldIncompleteError,
 )
-from cosmicai.rendezvous.auth import make_auth
-from cosmicai.rendezvous.endpoint import Endpoint
-from cosmicai.rendezvous.framing import (
+from cosmicai.rendezvous.wire.auth import make_auth
+from cosmicai.rendezvous.wire.endpoint import Endpoint
+from cosmicai.rendezvous.wire.framing import (
     DEFAULT_MAX_RESPONSE_FRAME,
     HEADER,
     HEADER_SIZE,
@@ -38,7 +39,7 @@ from cosmicai.rendezvous.framing import (
     PROTOCOL_VERSION,
     parse_preamble,
 )
-from cosmicai.rendezvous.messages import (
+from cosmicai.rendezvous.wire.messages import (
     Accepted,
     AuthOk,
     Error,
@@ -55,6 +56,8 @@ from cosmicai.rendezvous.messages import (
     encode,
     error_name,
 )
+
+T = TypeVar("T")
 
 #: Extra time a client waits beyond the server's own deadline before giving up on it.
 DEADLINE_MARGIN = 5.0
@@ -137,6 +140,11 @@ class RendezvousClient:
         self._deadline = 0.0
         self.public_endpoint: Endpoint | None = None
         self.local_endpoint = Endpoint.from_sockaddr(writer.get_extra_info("sockname"))
+
+    @property
+    def server(self) -> str:
+        """The server's host:port as given."""
+        return self._server
 
     @classmethod
     async def connect(
@@ -434,8 +442,17 @@ class BlockingRendezvousClient:
     def public_endpoint(self) -> Endpoint | None:
         return self._client.public_endpoint
 
-    def pair(self, name: str, *, private: Endpoint | None = None, wait: float = 60.0) -> PairResult:
-        return self._runner.run(self._client.pair(name, private=private, wait=wait))
+    def pair(
+        self,
+        name: str,
+        *,
+        private: Endpoint | None = None,
+        wait: float = 60.0,
+        timeout: float | None = None,
+    ) -> PairResult:
+        """``RendezvousClient.pair``; ``timeout`` bounds the whole call on this side (default:
+        the server's wait plus ``DEADLINE_MARGIN``)."""
+        return self._run(self._client.pair(name, private=private, wait=wait), timeout)
 
     def register(
         self,
@@ -445,10 +462,29 @@ class BlockingRendezvousClient:
         *,
         private: Endpoint | None = None,
         deadline: float = 300.0,
+        timeout: float | None = None,
     ) -> WorldResult:
-        return self._runner.run(
-            self._client.register(job_id, world_size, rank, private=private, deadline=deadline)
+        """``RendezvousClient.register``; ``timeout`` as for ``pair``."""
+        return self._run(
+            self._client.register(job_id, world_size, rank, private=private, deadline=deadline),
+            timeout,
         )
+
+    def _run(self, call: Coroutine[Any, Any, T], timeout: float | None) -> T:
+        if timeout is None:
+            return self._runner.run(call)
+
+        async def bounded() -> T:
+            async with asyncio.timeout(timeout):
+                return await call
+
+        try:
+            return self._runner.run(bounded())
+        except TimeoutError:
+            raise RendezvousTimeoutError(
+                f"no answer from the rendezvous server at {self._client.server} within "
+                f"{timeout:g} s"
+            ) from None
 
     def leave(self) -> None:
         self._runner.run(self._client.leave())

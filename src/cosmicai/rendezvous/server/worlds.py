@@ -15,11 +15,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cosmicai.rendezvous.endpoint import Endpoint
-from cosmicai.rendezvous.logs import log_event
-from cosmicai.rendezvous.messages import ErrorCode, PeerRecord, World, encode
-from cosmicai.rendezvous.metrics import Metrics
-from cosmicai.rendezvous.waiting import Refusal, Waiter, WaitingLimits
+from cosmicai.rendezvous.server.logs import log_event
+from cosmicai.rendezvous.server.metrics import Metrics
+from cosmicai.rendezvous.server.waiting import Refusal, Waiter, WaitingLimits
+from cosmicai.rendezvous.wire.endpoint import Endpoint
+from cosmicai.rendezvous.wire.messages import ErrorCode, PeerRecord, World, encode
 
 #: How many missing ranks an incomplete-world error lists before summarising the rest.
 MAX_LISTED_MISSING = 20

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from cosmicai.exceptions import RendezvousProtocolError
-from cosmicai.rendezvous.endpoint import Endpoint
-from cosmicai.rendezvous.framing import encode_frame
+from cosmicai.rendezvous.wire.endpoint import Endpoint
+from cosmicai.rendezvous.wire.framing import encode_frame
 
 NONCE_SIZE = 16
 MAC_SIZE = 32

@@ -19,7 +19,9 @@ from typing import Any
 
 from cosmicai.constants import ENV_ECS_CONTAINER_METADATA_URI_V4
 from cosmicai.exceptions import DnsRegistrationError
-from cosmicai.rendezvous.logs import log_event
+
+# A child of the server's logger: its JSON lines carry ``fields`` as top-level keys.
+logger = logging.getLogger("cosmicai.rendezvous.aws")
 
 DEFAULT_TTL = 30
 METADATA_TIMEOUT = 3.0
@@ -45,6 +47,7 @@ def task_network(metadata_uri: str) -> tuple[str, str | None]:
 
 def public_ip_of_interface(ec2: Any, private_ip: str, mac: str | None = None) -> str:
     """The public IPv4 of the network interface holding ``private_ip``."""
+    # Lazy for cold start: boto3 is slow to import and only an AWS source or call needs it.
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
@@ -74,6 +77,7 @@ def public_ip_of_interface(ec2: Any, private_ip: str, mac: str | None = None) ->
 
 def upsert_a_record(route53: Any, zone_id: str, record_name: str, ip: str, ttl: int) -> str:
     """UPSERT ``record_name`` A ``ip``; returns the change id."""
+    # Lazy for cold start: boto3 is slow to import and only an AWS source or call needs it.
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
@@ -122,7 +126,7 @@ def self_register(
             )
         private_ip, mac = task_network(uri)
         if ec2_client is None:
-            import boto3
+            import boto3  # lazy: see above
 
             ec2_client = boto3.client("ec2")
         public_ip = public_ip_of_interface(ec2_client, private_ip, mac)
@@ -131,17 +135,16 @@ def self_register(
     except ValueError:
         raise DnsRegistrationError(f"{public_ip!r} is not an IPv4 address") from None
     if route53_client is None:
-        import boto3
+        import boto3  # lazy: see above
 
         route53_client = boto3.client("route53")
     change_id = upsert_a_record(route53_client, zone_id, record_name, public_ip, ttl)
-    log_event(
-        logging.INFO,
-        "dns_registered",
-        zone_id=zone_id,
-        record=record_name,
-        ip=public_ip,
-        ttl=ttl,
-        change_id=change_id,
-    )
+    fields = {
+        "zone_id": zone_id,
+        "record": record_name,
+        "ip": public_ip,
+        "ttl": ttl,
+        "change_id": change_id,
+    }
+    logger.info("dns_registered", extra={"fields": fields})
     return public_ip

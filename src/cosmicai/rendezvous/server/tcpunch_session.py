@@ -1,4 +1,5 @@
-"""A TCPunch client on the server side (wire format in ``tcpunch.py``, DESIGN.md §6).
+"""A TCPunch client on the server side (wire format in ``wire/tcpunch.py`` and
+``docs/rendezvous-protocol.md`` §2).
 
 The reference server's faults, fixed: each connection is served on its own (a silent client
 blocks nobody); the name has a deadline; a waiter is dropped as soon as its socket closes or
@@ -15,14 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import cast
 
-from cosmicai.rendezvous.logs import log_event
-from cosmicai.rendezvous.tcpunch import MAX_NAME_BYTES, encode_record
-from cosmicai.rendezvous.waiting import Refusal
-
-if TYPE_CHECKING:
-    from cosmicai.rendezvous.connection import Connection
+from cosmicai.rendezvous.server.connection import Connection
+from cosmicai.rendezvous.server.logs import log_event
+from cosmicai.rendezvous.server.waiting import Refusal
+from cosmicai.rendezvous.wire.tcpunch import MAX_NAME_BYTES, encode_record
 
 _NAMING, _WAITING, _DONE = range(3)
 
@@ -87,10 +86,11 @@ class TCPunchSession:
         conn.send(self.record)
         self._phase = _WAITING
         try:
-            partner = state.tcpunch_board.offer(self.name, self)
+            # Only TCPunchSessions wait on this board.
+            partner = cast(TCPunchSession | None, state.tcpunch_board.offer(self.name, self))
         except Refusal as refusal:
             self._phase = _DONE
-            state.metrics.inc("limit_refusals_total", limit="waiting")
+            state.metrics.inc("limit_refusals_total", limit="tcpunch_waiting")
             log_event(logging.INFO, "tcpunch_refused", peer=str(conn.peer), reason=refusal.message)
             conn.close()
             return
@@ -135,6 +135,11 @@ class TCPunchSession:
         if self._phase == _WAITING:
             self.conn.state.tcpunch_board.withdraw(self.name, self)
         self._phase = _DONE
+
+    def hello_expired(self) -> None:
+        # A half-named client gets no answer: TCPunch has no way to carry one.
+        self._end()
+        self.conn.abort()
 
     def connection_lost(self) -> None:
         self._end()
