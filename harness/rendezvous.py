@@ -18,10 +18,10 @@ from dataclasses import replace
 from typing import Any, ParamSpec
 
 from cosmicai.constants import ENV_RENDEZVOUS_SECRET
+from cosmicai.rendezvous.server import RendezvousServer
 from cosmicai.rendezvous.server.config import ServerConfig
 from cosmicai.rendezvous.wire.framing import HEADER, HEADER_SIZE
 from cosmicai.rendezvous.wire.messages import Message, decode
-from cosmicai.rendezvous.server import RendezvousServer
 from harness.net import LOOPBACK as LOOPBACK
 
 SECRET = b"test-deployment-secret-0123456789"

@@ -359,8 +359,8 @@ def operand(rank: int) -> np.ndarray:
 def _rendezvous(address: str, port: int, health_port: int, lifetime: float) -> None:
     from dataclasses import replace
 
-    from cosmicai.rendezvous.server.config import ServerConfig
     from cosmicai.rendezvous.server import RendezvousServer
+    from cosmicai.rendezvous.server.config import ServerConfig
 
     async def run() -> None:
         config = replace(
@@ -389,8 +389,8 @@ def _rank(args: argparse.Namespace) -> int:
     from cosmicai.comm import Communicator, FallbackLinks, StoreLinks, derive_job_key
     from cosmicai.comm.links import LinkMaker
     from cosmicai.comm.punch import PunchLinks, punch_links
-    from cosmicai.rendezvous.wire import Endpoint as WireEndpoint
     from cosmicai.exceptions import CommError
+    from cosmicai.rendezvous.wire import Endpoint as WireEndpoint
     from cosmicai.storage import LocalStorage
 
     logging.basicConfig(

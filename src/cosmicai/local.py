@@ -72,9 +72,10 @@ class LocalRendezvous:
     def _serve(self) -> None:
         import asyncio
 
+        from cosmicai.rendezvous.server import RendezvousServer
+
         # Only direct-mode runs need the server: other runs never load it.
         from cosmicai.rendezvous.server.config import ServerConfig
-        from cosmicai.rendezvous.server import RendezvousServer
 
         async def main() -> None:
             self._loop = asyncio.get_running_loop()

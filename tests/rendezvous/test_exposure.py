@@ -22,7 +22,7 @@ from cosmicai.rendezvous.server import RendezvousServer, ServerConfig
 from cosmicai.rendezvous.wire.auth import make_auth
 from cosmicai.rendezvous.wire.framing import PREAMBLE
 from cosmicai.rendezvous.wire.messages import Error, ErrorCode, Leave, encode
-from tests.rendezvous.helpers import (
+from harness.rendezvous import (
     FAST,
     LOOPBACK,
     SECRET,

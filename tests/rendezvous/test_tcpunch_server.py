@@ -9,9 +9,9 @@ import socket
 
 import pytest
 
-from cosmicai.rendezvous.wire.endpoint import Endpoint
 from cosmicai.rendezvous.client import tcpunch_pair
 from cosmicai.rendezvous.server.connection import Connection
+from cosmicai.rendezvous.wire.endpoint import Endpoint
 from cosmicai.rendezvous.wire.tcpunch import RECORD_SIZE, decode_record, encode_record
 from harness.rendezvous import (
     LOOPBACK,
