@@ -31,10 +31,24 @@ def predictions_csv(predictions: dict[str, np.ndarray[Any, Any]]) -> bytes:
 
 def _metric_rows(summary: Summary) -> list[tuple[str, str]]:
     m = summary.metrics
+    excluded = (
+        [
+            (
+                "non-finite predictions",
+                f"{summary.nonfinite_predictions:,} (NaN or inf: counted as outliers, left out "
+                "of MAE, MSE, bias, NMAD, R²)",
+            )
+        ]
+        if summary.nonfinite_predictions
+        else []
+    )
     if m is None:
+        if summary.nonfinite_predictions:
+            return [("metrics", "no finite prediction of a known redshift"), *excluded]
         return [("metrics", "no sample with a known redshift")]
     rows = [
-        ("samples with z_spec", f"{m.samples:,}"),
+        ("samples with z_spec", f"{summary.samples_with_redshift:,}"),
+        *excluded,
         ("MAE", f"{m.mae:.4f}"),
         ("MSE", f"{m.mse:.5f}"),
         ("bias <Δz>", f"{m.bias:+.4f}"),
