@@ -51,6 +51,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: A request file larger than this is not a request (ours are a few hundred bytes); reading
 #: stops here, so `cosmicai validate /dev/zero` ends at once.
 MAX_REQUEST_BYTES = 64 * 1024
+#: More partitions than any dataset has; a larger file_limit is a mistake, not a limit.
+MAX_FILE_LIMIT = 10**9
 #: S3 refuses keys longer than this many bytes (UTF-8).
 MAX_KEY_BYTES = 1024
 #: Validation context of a request that comes from outside (a file, an execution's input).
@@ -72,6 +74,7 @@ class RunRequest(BaseModel):
     file_limit: int | None = Field(
         default=None,
         ge=1,
+        le=MAX_FILE_LIMIT,
         description="Process at most this many partitions (the first ones in numeric order).",
     )
     batch_size: int = Field(default=512, ge=1, le=65536, description="Samples per inference call.")
@@ -321,6 +324,7 @@ def load_request(path: str | Path) -> RunRequest:
         ) from None
     except RecursionError:
         raise InvalidRequestError(f"request file {path} is nested too deeply") from None
-    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
-        raise InvalidRequestError(f"request file {path} is not a usable request: {exc}") from None
+    except ValueError as exc:  # an integer of more than 4,300 digits: Python refuses it
+        reason = str(exc).split(":", 1)[0]
+        raise InvalidRequestError(f"request file {path} is not a usable request: {reason}") from None
     return parse_request(data)
