@@ -108,8 +108,10 @@ class S3Storage:
             import boto3
             from botocore.config import Config
 
+            # AWS_MAX_ATTEMPTS, the SDKs' own setting, still wins when it is set.
+            attempts = int(os.environ.get("AWS_MAX_ATTEMPTS", S3_MAX_ATTEMPTS))
             client = boto3.client(
-                "s3", config=Config(retries={"mode": "standard", "max_attempts": S3_MAX_ATTEMPTS})
+                "s3", config=Config(retries={"mode": "standard", "max_attempts": attempts})
             )
         self.client = client
         if ranged_get_threshold is None:
@@ -142,7 +144,7 @@ class S3Storage:
             if code in TRANSIENT_S3_CODES or status >= 500:
                 return TransientStorageError(
                     f"could not {action} s3://{bucket}/{key} (S3 {code or status}, still "
-                    f"failing after {S3_MAX_ATTEMPTS} attempts): {exc}"
+                    f"failing after the client's retries): {exc}"
                 )
         if isinstance(exc, EndpointConnectionError | ConnectionClosedError | ReadTimeoutError):
             return TransientStorageError(f"could not {action} s3://{bucket}/{key}: {exc}")
