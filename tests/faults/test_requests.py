@@ -126,7 +126,9 @@ def test_internal_ignored_fields_cannot_be_set_by_a_request() -> None:
         parse_request({**GOOD, "ignored_fields": ["bucket"]})
 
 
-@pytest.mark.parametrize("value", [10**4000, -(10**4000), "9" * 4000])
+@pytest.mark.parametrize(
+    "value", [10**4000, -(10**4000), "9" * 4000], ids=["4001 digits", "negative", "string"]
+)
 def test_huge_file_limit_gives_a_short_error(value: object) -> None:
     with pytest.raises(InvalidRequestError) as caught:
         parse_request({**GOOD, "file_limit": value})
