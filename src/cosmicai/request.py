@@ -326,5 +326,7 @@ def load_request(path: str | Path) -> RunRequest:
         raise InvalidRequestError(f"request file {path} is nested too deeply") from None
     except ValueError as exc:  # an integer of more than 4,300 digits: Python refuses it
         reason = str(exc).split(":", 1)[0]
-        raise InvalidRequestError(f"request file {path} is not a usable request: {reason}") from None
+        raise InvalidRequestError(
+            f"request file {path} is not a usable request: {reason}"
+        ) from None
     return parse_request(data)

@@ -48,7 +48,7 @@ class Faults:
 
 @pytest.fixture
 def faults(handlers: dict[str, Handler]) -> Iterator[Faults]:
-    from botocore.awsrequest import AWSResponse
+    from botocore.awsrequest import AWSResponse, HTTPHeaders
     from moto.core.botocore_stubber import MockRawResponse
 
     state = Faults()
@@ -65,7 +65,7 @@ def faults(handlers: dict[str, Handler]) -> Iterator[Faults]:
         return AWSResponse(
             request.url,
             state.status,
-            {"Content-Type": "application/xml"},
+            HTTPHeaders.from_dict({"Content-Type": "application/xml"}),
             MockRawResponse(body.encode()),
         )
 
@@ -102,7 +102,8 @@ def faults(handlers: dict[str, Handler]) -> Iterator[Faults]:
     # Clients made from the default session after this (the handlers' own) carry the hook,
     # registered first so it answers before moto does.
     events = boto3._get_default_session().events
-    events.register_first("before-send.s3", hook, unique_id="cosmicai-faults")
+    # (botocore types handlers as returning None; before-send ones may answer the request)
+    events.register_first("before-send.s3", hook, unique_id="cosmicai-faults")  # type: ignore[arg-type]
     try:
         yield state
     finally:
@@ -202,3 +203,35 @@ def test_summarize_retries_a_transient_storage_error(
     assert faults.summarize_errors == ["TransientStorageError"]
     assert execution["status"] == "SUCCEEDED", execution
     assert json.loads(execution["output"])["status"] == "ok"
+
+
+def test_asl_retries_only_named_transient_errors() -> None:
+    # GIVEN the production ASL as CloudFormation renders it
+    import cosmicai.exceptions as errors
+    from tests.aws.conftest import render_definition
+
+    definition = render_definition(
+        {
+            "InitializeFunctionArn": "a",
+            "WorkerFunctionArn": "b",
+            "SummarizeFunctionArn": "c",
+            "MaxConcurrency": "1",
+            "ToleratedFailurePercentage": "0",
+        }
+    )
+    states = dict(definition["States"])
+    states.update(definition["States"]["Distributed Test"]["ItemProcessor"]["States"])
+    retried = {
+        name: {e for r in s.get("Retry", []) for e in r["ErrorEquals"]}
+        for name, s in states.items()
+        if s["Type"] == "Task"
+    }
+    # THEN every error name it retries is one of ours (the class name is the errorType), and
+    # permanent faults are never retried
+    ours = {e for names in retried.values() for e in names if not e.startswith("Lambda.")}
+    assert ours == {"StorageUnavailableError", "TransientStorageError"}
+    assert all(issubclass(getattr(errors, name), errors.CosmicAIError) for name in ours)
+    assert "StorageUnavailableError" in retried["Worker"]
+    assert "TransientStorageError" in retried["Initialize"] & retried["Summarize"]
+    permanent = {"CorruptPartitionError", "BadModelError", "InvalidRunError", "RankFailedError"}
+    assert not permanent & set().union(*retried.values())
