@@ -231,6 +231,8 @@ def _run_stages(
         items = load_manifest(storage, pointer)
         if resumed is not None and request.communicator == "off":
             items = [item for item in items if not _finished(storage, pointer, item.rank)]
+        elif resumed is not None:
+            _forget_reduction(storage, pointer)
         stage = bar.add_task("Distributed Test", total=len(items))
         with ProcessPoolExecutor(
             max_workers=max(1, min(workers, len(items))),
@@ -263,6 +265,15 @@ def _run_stages(
         ranks_run=[item.rank for item in items],
         concurrency=workers,
     )
+
+
+def _forget_reduction(storage: Storage, pointer: RunPointer) -> None:
+    # The earlier attempt's channel frames are numbered from 0 as the new ones will be: left
+    # there, the resumed ranks would read them as their peers' messages.
+    layout = RunLayout(pointer.run_prefix)
+    for info in list(storage.list(pointer.bucket, layout.comm_prefix)):
+        storage.delete(pointer.bucket, info.key)
+    storage.delete(pointer.bucket, layout.reduced)
 
 
 def _finished(storage: Storage, pointer: RunPointer, rank: int) -> bool:

@@ -251,3 +251,23 @@ def test_max_concurrency_below_workers_lowers_the_local_concurrency(tmp_path: Pa
     parsed = parse_request(json.loads(request.read_text()))
     with pytest.raises(PlanError, match="at most 2 can run"):
         run_local(parsed, str(store), workers=8)
+
+
+@pytest.mark.slow
+def test_resumed_communicator_run_reduces_afresh(tmp_path: Path) -> None:
+    # GIVEN a communicator run whose rank 1 failed (its reduction then misses rank 1's samples)
+    store, request = _cli_run_files(tmp_path, communicator="store")
+    good = (store / BUCKET / "data/2.safetensors").read_bytes()
+    (store / BUCKET / "data/2.safetensors").write_bytes(b"corrupt")
+    parsed = parse_request(json.loads(request.read_text()))
+    first = run_local(parsed, str(store), workers=3)
+    assert first.summary.status == "partial"
+    # WHEN the partition is repaired and the run resumed
+    (store / BUCKET / "data/2.safetensors").write_bytes(good)
+    resumed = run_local(parsed, str(store), workers=3, resume=True)
+    # THEN every rank ran again (a reduction needs them all), the earlier frames were not
+    # mistaken for new ones, and the metrics come from the new reduction
+    assert resumed.ranks_run == [0, 1, 2]
+    assert resumed.summary.status == "ok"
+    assert resumed.summary.metrics_source == "communicator"
+    assert resumed.summary.samples == 9 + 10 + 11
