@@ -335,7 +335,14 @@ _umask_lock = threading.Lock()
 
 
 def _umask() -> int:
-    # The only portable way to read the umask is to set it and put it back.
+    # Linux reports it without changing it; elsewhere the only way is to set it and put it
+    # back (a thread creating a file in between would see 022 for that moment).
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     with _umask_lock:
         mask = os.umask(0o022)
         os.umask(mask)
