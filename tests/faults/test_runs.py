@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from cosmicai.cli import app
 from cosmicai.data.format import Partition, encode_partition
-from cosmicai.exceptions import InvalidRequestError, PlanError, RunExistsError
+from cosmicai.exceptions import InvalidRequestError, PlanError, RankFailedError, RunExistsError
 from cosmicai.local import run_local
 from cosmicai.pipeline import initialize, run_rank, summarize
 from cosmicai.request import parse_request
@@ -271,3 +271,30 @@ def test_resumed_communicator_run_reduces_afresh(tmp_path: Path) -> None:
     assert resumed.summary.status == "ok"
     assert resumed.summary.metrics_source == "communicator"
     assert resumed.summary.samples == 9 + 10 + 11
+
+
+# -- item 12: error names, in process --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected"),
+    [("bad model", "BadModelError"), ("corrupt partition", "CorruptPartitionError")],
+)
+def test_a_rank_fails_with_an_error_named_for_its_cause(
+    local_storage: LocalStorage, tmp_path: Path, fault: str, expected: str
+) -> None:
+    # GIVEN a run whose model is not ONNX, or whose partition is corrupt
+    _put(local_storage, 1, make_partition(5))
+    model = _model(tmp_path)
+    if fault == "bad model":
+        Path(model).write_bytes(b"not onnx")
+    else:
+        local_storage.put(BUCKET, "data/1.safetensors", b"corrupt")
+    pointer = initialize(
+        parse_request({"bucket": BUCKET, "data_prefix": "data", "model": model}), local_storage
+    )
+    # WHEN the rank runs / THEN it raises the error named for the cause, naming the rank
+    with pytest.raises(RankFailedError) as caught:
+        run_rank(_item(pointer, 0), local_storage)
+    assert type(caught.value).__name__ == expected
+    assert str(caught.value).startswith("rank 0 failed: ")
