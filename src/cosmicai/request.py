@@ -264,9 +264,15 @@ def _describe(error: Any) -> str:
     if kind == "extra_forbidden":
         return f"{location}: unknown field"
     message = str(error["msg"]).removeprefix("Value error, ")
+    if not error["loc"]:
+        return message  # a check of the whole request: its message names the fields
     if "input" in error and kind not in ("model_type", "dict_type"):
         given = error["input"]
-        shown = _shown(given) if isinstance(given, str | int | float | bool) else type(given)
+        shown = (
+            _shown(given)
+            if isinstance(given, str | int | float | bool)
+            else f"a JSON {'object' if isinstance(given, dict) else type(given).__name__}"
+        )
         return f"{location}: {message} (got {shown})"
     return f"{location}: {message}"
 
