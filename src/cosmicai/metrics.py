@@ -37,7 +37,8 @@ class RedshiftMetrics(BaseModel):
     mse: float
     bias: float
     nmad: float
-    r2: float
+    #: None when every true redshift is the same (R² is undefined; JSON has no NaN).
+    r2: float | None
     #: Over every sample with a known redshift, non-finite predictions counted as outliers.
     outlier_fraction: float
     #: Samples with a known redshift whose prediction is NaN or infinite (left out above).
@@ -80,7 +81,7 @@ def redshift_metrics(z_true: npt.NDArray[Any], z_pred: npt.NDArray[Any]) -> Reds
         mse=float(np.mean(error**2)),
         bias=float(np.mean(dz)),
         nmad=float(NMAD_SCALE * np.median(np.abs(dz - np.median(dz)))),
-        r2=float(1.0 - np.sum(error**2) / total) if total > 0 else float("nan"),
+        r2=float(1.0 - np.sum(error**2) / total) if total > 0 else None,
         outlier_fraction=outliers / (z.size + nonfinite),
         nonfinite_predictions=nonfinite,
     )
@@ -145,7 +146,7 @@ def metrics_from_statistics(
         mse=sq_error / n,
         bias=sum_dz / n,
         nmad=float(NMAD_SCALE * np.median(np.abs(dz64 - np.median(dz64)))),
-        r2=1.0 - sq_error / total if total > 0 else float("nan"),
+        r2=1.0 - sq_error / total if total > 0 else None,
         outlier_fraction=(outliers + nonfinite) / (n + nonfinite),
         nonfinite_predictions=int(nonfinite),
     )

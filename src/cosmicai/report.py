@@ -53,7 +53,7 @@ def _metric_rows(summary: Summary) -> list[tuple[str, str]]:
         ("MSE", f"{m.mse:.5f}"),
         ("bias <Δz>", f"{m.bias:+.4f}"),
         ("NMAD (precision)", f"{m.nmad:.4f}"),
-        ("R²", f"{m.r2:.3f}"),
+        ("R²", f"{m.r2:.3f}" if m.r2 is not None else "undefined (every z_spec the same)"),
         ("outliers |Δz|>0.15", f"{m.outlier_fraction:.2%}"),
     ]
     if summary.baseline_mean_mae is not None:

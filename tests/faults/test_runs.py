@@ -20,7 +20,7 @@ from cosmicai.exceptions import InvalidRequestError, PlanError, RankFailedError,
 from cosmicai.local import run_local
 from cosmicai.pipeline import initialize, run_rank, summarize
 from cosmicai.request import parse_request
-from cosmicai.run_types import RunLayout, RunPointer, WorkItem
+from cosmicai.run_types import RunLayout, RunPointer, Summary, WorkItem
 from cosmicai.storage import LocalStorage, Storage
 from tests.conftest import BUCKET, make_partition
 from tests.onnx_models import linear_model
@@ -81,6 +81,7 @@ def test_non_finite_predictions_are_counted_and_left_out(
     assert m is not None
     assert m.samples == 27
     assert m.nonfinite_predictions == 3
+    assert m.r2 is not None
     assert all(np.isfinite([m.mae, m.mse, m.bias, m.nmad, m.r2]))
     assert m.outlier_fraction >= 3 / 30
     assert summary.samples_with_redshift == 30
@@ -298,3 +299,16 @@ def test_a_rank_fails_with_an_error_named_for_its_cause(
         run_rank(_item(pointer, 0), local_storage)
     assert type(caught.value).__name__ == expected
     assert str(caught.value).startswith("rank 0 failed: ")
+
+
+def test_summary_with_undefined_r2_reads_back(local_storage: LocalStorage, tmp_path: Path) -> None:
+    # GIVEN galaxies that all have the same true redshift (R² is undefined: 0/0)
+    p = make_partition(6)
+    _put(local_storage, 1, Partition(p.images, p.magnitudes, p.object_id, np.full(6, 0.1, "f4")))
+    # WHEN summarized
+    _, summary = _run_in_process(local_storage, _model(tmp_path), 1)
+    # THEN R² is null in the JSON, and the stored summary reads back (as `aws summary` does)
+    assert summary.metrics is not None and summary.metrics.r2 is None
+    stored = local_storage.get(BUCKET, summary.outputs["summary_json"])
+    assert Summary.model_validate_json(stored).metrics == summary.metrics
+    assert "undefined" in local_storage.get(BUCKET, summary.outputs["summary_md"]).decode()
