@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,3 +61,16 @@ def render_definition(substitutions: dict[str, str]) -> dict[str, Any]:
     assert not leftover, f"unsubstituted placeholders: {leftover}"
     definition: dict[str, Any] = json.loads(text)
     return definition
+
+
+def run_execution(sfn: Any, state_machine: str, request: dict[str, Any]) -> dict[str, Any]:
+    """Start a Step Functions execution and wait (at most 120 s) until it is no longer
+    RUNNING; returns ``describe_execution``'s answer."""
+    execution = sfn.start_execution(stateMachineArn=state_machine, input=json.dumps(request))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        described: dict[str, Any] = sfn.describe_execution(executionArn=execution["executionArn"])
+        if described["status"] != "RUNNING":
+            return described
+        time.sleep(0.2)
+    raise AssertionError("execution did not finish in 120 s")

@@ -55,7 +55,10 @@ StorageOption = Annotated[
 
 def _fail(exc: Exception) -> NoReturn:
     code = 2 if isinstance(exc, InvalidRequestError | ValueError) else 1
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    # Escaped: a message quoting the input ("partitions[3]", "[bold]") is not markup.
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -110,8 +113,20 @@ def run(
     request_file: Path,
     storage: StorageOption = "s3",
     workers: Annotated[
-        int, typer.Option(min=1, help="Ranks running at once (like MaxConcurrency).")
+        int,
+        typer.Option(
+            min=1,
+            help="Ranks running at once (like MaxConcurrency); a request's max_concurrency "
+            "lowers it, never raises it.",
+        ),
     ] = 2,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Finish an existing run of this run_id: keep its plan, run only the ranks "
+            "without an ok result, summarize again. Without it a used run_id is refused."
+        ),
+    ] = False,
 ) -> None:
     """Run Initialize, every rank (as its own process) and Summarize on this machine."""
     from cosmicai.request import load_request
@@ -120,17 +135,17 @@ def run(
         request = load_request(request_file)
     except CosmicAIError as exc:
         _fail(exc)
-    _run(request, storage, workers)
+    _run(request, storage, workers, resume=resume)
 
 
-def _run(request: object, storage: str, workers: int) -> None:
+def _run(request: object, storage: str, workers: int, *, resume: bool = False) -> None:
     from cosmicai.local import run_local
     from cosmicai.report import print_summary
     from cosmicai.request import RunRequest
 
     assert isinstance(request, RunRequest)
     try:
-        result = run_local(request, storage, workers=workers, console=console)
+        result = run_local(request, storage, workers=workers, console=console, resume=resume)
     except CosmicAIError as exc:
         _fail(exc)
     print_summary(result.summary, console)

@@ -15,12 +15,22 @@ class InvalidRequestError(CosmicAIError, ValueError):
     """The run request (or a stage event) has missing or wrong fields; the message names each."""
 
 
+class RunExistsError(InvalidRequestError):
+    """The request's run id names a run that already exists (resume it, or choose another)."""
+
+
 class StorageError(CosmicAIError):
     """The object store could not be read or written."""
 
 
 class ObjectNotFoundError(StorageError):
     """A key that must exist does not."""
+
+
+class TransientStorageError(StorageError):
+    """The object store said "not now" (S3 throttling, a 5xx, a dropped connection) after the
+    client's own retries; trying again later may succeed. The state machine retries Initialize
+    and Summarize on it."""
 
 
 class InvalidLocationError(CosmicAIError, ValueError):
@@ -40,7 +50,27 @@ class PlanError(CosmicAIError):
 
 
 class RankFailedError(CosmicAIError):
-    """A worker rank could not finish; its rank result names the cause."""
+    """A worker rank could not finish; its rank result names the cause.
+
+    The subclasses below name causes the state machine treats differently: it retries a rank
+    that failed with :class:`StorageUnavailableError` and fails the others at once.
+    """
+
+
+class StorageUnavailableError(RankFailedError):
+    """A rank failed on a transient storage error (throttled, 5xx): retrying may succeed."""
+
+
+class CorruptPartitionError(RankFailedError):
+    """A rank failed because one of its partitions is corrupt: retrying cannot help."""
+
+
+class BadModelError(RankFailedError):
+    """A rank failed because the model cannot be loaded or run: retrying cannot help."""
+
+
+class InvalidRunError(RankFailedError):
+    """A rank failed because its work item or the run's plan is wrong: retrying cannot help."""
 
 
 class RendezvousError(CosmicAIError):

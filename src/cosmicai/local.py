@@ -18,10 +18,23 @@ from multiprocessing import get_context
 from typing import TYPE_CHECKING, Any
 
 from cosmicai.constants import ENV_RENDEZVOUS, ENV_RENDEZVOUS_SECRET
-from cosmicai.exceptions import CosmicAIError
-from cosmicai.pipeline import initialize, load_manifest, run_rank, summarize
-from cosmicai.request import parse_request
-from cosmicai.run_types import RunPointer, Summary, WorkItem
+from cosmicai.exceptions import (
+    CosmicAIError,
+    InvalidRequestError,
+    ObjectNotFoundError,
+    RunExistsError,
+)
+from cosmicai.pipeline import (
+    existing_pointer,
+    initialize,
+    load_manifest,
+    load_plan,
+    read_rank_result,
+    run_rank,
+    summarize,
+)
+from cosmicai.request import revalidate
+from cosmicai.run_types import RunLayout, RunPointer, Summary, WorkItem
 from cosmicai.storage import Storage, open_storage
 
 if TYPE_CHECKING:
@@ -38,6 +51,10 @@ class LocalRun:
     pointer: RunPointer
     summary: Summary
     rank_errors: dict[int, str] = field(default_factory=dict)
+    #: Ranks that ran in this call (on resume, those without an ok result).
+    ranks_run: list[int] = field(default_factory=list)
+    #: Ranks at once: the smaller of ``--workers`` and the request's ``max_concurrency``.
+    concurrency: int = 0
 
 
 def _rank_process(
@@ -122,34 +139,78 @@ def _rank_environment() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def local_concurrency(request: RunRequest, workers: int) -> int:
+    """Ranks a local run runs at once: ``--workers``, lowered by the request's
+    ``max_concurrency`` when it asks for fewer (it is a ceiling, as the Map's is)."""
+    if request.max_concurrency is None:
+        return workers
+    return min(workers, request.max_concurrency)
+
+
 def run_local(
     request: RunRequest,
     storage_spec: str,
     *,
     workers: int = 2,
     console: Console | None = None,
+    resume: bool = False,
 ) -> LocalRun:
     """Run ``request`` end to end against ``storage_spec`` (``s3`` or a local directory).
 
-    With ``communicator: direct`` a rendezvous server runs on loopback for the run's ranks.
+    A run id that already has objects is refused (:class:`RunExistsError`), as Step Functions
+    refuses a second execution of the same name, unless ``resume``: then the run's own plan is
+    kept and only the ranks without an ok result run again (every rank, for a communicator
+    run: a reduction needs them all), and Summarize writes the summary anew. With
+    ``communicator: direct`` a rendezvous server runs on loopback for the run's ranks.
     """
     storage = open_storage(storage_spec)
     environment: dict[str, str] = {}
-    if request.communicator != "off" and request.max_concurrency is None:
-        # Ranks beyond the workers would wait for peers that cannot start: let Initialize
-        # refuse that instead of hanging.
-        request = parse_request(
-            {
-                **request.model_dump(exclude_unset=True),
-                "run_id": request.run_id,
-                "max_concurrency": workers,
-            }
-        )
+    concurrency = local_concurrency(request, workers)
+    # The plan records what really runs at once, so Initialize refuses a communicator world
+    # larger than that instead of leaving ranks to wait out their deadline for peers.
+    request = revalidate(request, max_concurrency=concurrency)
+    pointer = _existing_run(request, storage, resume)
     rendezvous = LocalRendezvous() if request.communicator == "direct" else None
     with contextlib.ExitStack() as stack:
         if rendezvous is not None:
             environment = stack.enter_context(rendezvous)
-        return _run_stages(request, storage, storage_spec, workers, environment, console)
+        return _run_stages(
+            request, storage, storage_spec, concurrency, environment, console, pointer
+        )
+
+
+def _existing_run(request: RunRequest, storage: Storage, resume: bool) -> RunPointer | None:
+    """The run to resume; None for a new run. Refuses a run id that is taken (without
+    ``resume``), and a resume whose request differs from the run's."""
+    layout = RunLayout(request.run_prefix)
+    try:
+        taken = next(iter(storage.list(request.bucket, layout.run_prefix)), None) is not None
+    except ObjectNotFoundError:  # no bucket yet: certainly no run
+        taken = False
+    where = f"{storage.description} bucket {request.bucket!r} at {layout.run_prefix!r}"
+    if not resume:
+        if taken:
+            raise RunExistsError(
+                f"run_id {request.run_id!r} already has a run in {where}: pass --resume to "
+                "finish it, or choose another run_id"
+            )
+        return None
+    if not storage.exists(request.bucket, layout.plan):
+        raise InvalidRequestError(
+            f"cannot resume run {request.run_id!r}: it has no plan in {where}"
+        )
+    plan = load_plan(storage, request.bucket, layout.run_prefix)
+    # max_concurrency is how this machine runs it, not what the run is.
+    skip = {"max_concurrency", "ignored_fields"}
+    before = plan.request.model_dump(exclude=skip)
+    now = request.model_dump(exclude=skip)
+    changed = sorted(name for name in now if before.get(name) != now[name])
+    if changed:
+        raise InvalidRequestError(
+            f"cannot resume run {request.run_id!r}: the request differs from the run's in "
+            + ", ".join(changed)
+        )
+    return existing_pointer(storage, request.bucket, layout.run_prefix)
 
 
 def _run_stages(
@@ -159,6 +220,7 @@ def _run_stages(
     workers: int,
     environment: dict[str, str],
     console: Console | None,
+    resumed: RunPointer | None,
 ) -> LocalRun:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -172,11 +234,15 @@ def _run_stages(
     with Progress(*columns, console=console, disable=console is None) as bar:
         stage = bar.add_task("Initialize", total=1)
         t0 = time.perf_counter()
-        pointer = initialize(request, storage)
+        pointer = resumed or initialize(request, storage)
         init_s = time.perf_counter() - t0
         bar.advance(stage)
         # The ranks come from the manifest Initialize wrote, as the Map's ItemReader reads them.
         items = load_manifest(storage, pointer)
+        if resumed is not None and request.communicator == "off":
+            items = [item for item in items if not _finished(storage, pointer, item.rank)]
+        elif resumed is not None:
+            _forget_reduction(storage, pointer)
         stage = bar.add_task("Distributed Test", total=len(items))
         with ProcessPoolExecutor(
             max_workers=max(1, min(workers, len(items))),
@@ -202,4 +268,24 @@ def _run_stages(
         stage = bar.add_task("Summarize", total=1)
         summary = summarize(pointer, storage, extra_durations_s=(init_s,))
         bar.advance(stage)
-    return LocalRun(pointer=pointer, summary=summary, rank_errors=errors)
+    return LocalRun(
+        pointer=pointer,
+        summary=summary,
+        rank_errors=errors,
+        ranks_run=[item.rank for item in items],
+        concurrency=workers,
+    )
+
+
+def _forget_reduction(storage: Storage, pointer: RunPointer) -> None:
+    # The earlier attempt's channel frames are numbered from 0 as the new ones will be: left
+    # there, the resumed ranks would read them as their peers' messages.
+    layout = RunLayout(pointer.run_prefix)
+    for info in list(storage.list(pointer.bucket, layout.comm_prefix)):
+        storage.delete(pointer.bucket, info.key)
+    storage.delete(pointer.bucket, layout.reduced)
+
+
+def _finished(storage: Storage, pointer: RunPointer, rank: int) -> bool:
+    result = read_rank_result(storage, pointer, rank)
+    return result is not None and result.status == "ok"

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cosmicai.constants import BUILTIN_MODEL_PREFIX
-from cosmicai.exceptions import CosmicAIError, ModelError
+from cosmicai.exceptions import CosmicAIError, ModelError, TransientStorageError
 from cosmicai.storage import S3Storage, Storage
 
 
@@ -45,6 +45,8 @@ def load_model_bytes(spec: str, storage: Storage | None = None) -> bytes:
         s3 = storage if isinstance(storage, S3Storage) else S3Storage()
         try:
             return bytes(s3.get(bucket, key))
+        except TransientStorageError:
+            raise  # S3 said "not now": the model is not at fault, and a retry may succeed
         except CosmicAIError as exc:
             raise ModelError(f"cannot load model {spec}: {exc}") from exc
     try:
@@ -87,9 +89,12 @@ class RedshiftModel:
         self, images: npt.NDArray[np.float32], magnitudes: npt.NDArray[np.float32]
     ) -> npt.NDArray[np.float32]:
         """One redshift per sample, float32 ``[B]``."""
-        (result,) = self.session.run(
-            [self.output], {self.image_input: images, self.magnitude_input: magnitudes}
-        )
+        try:
+            (result,) = self.session.run(
+                [self.output], {self.image_input: images, self.magnitude_input: magnitudes}
+            )
+        except Exception as exc:  # ORT's errors are untyped; the model is what failed
+            raise ModelError(f"{self.name} failed on a batch: {exc}") from exc
         prediction: npt.NDArray[Any] = np.asarray(result, dtype=np.float32)
         if prediction.size != len(images):
             raise ModelError(

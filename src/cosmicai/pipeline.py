@@ -9,28 +9,35 @@ run keeps its objects (:class:`~cosmicai.run_types.RunLayout`) live in
 from __future__ import annotations
 
 import json
+import logging
 import resource
 import sys
 import time
-import uuid
 from collections import Counter
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cosmicai import plots
 from cosmicai.cost import billed_ms, estimate_cost
 from cosmicai.data.format import decode_partition, decode_tensors, encode_tensors
 from cosmicai.data.partitioner import DATASET_INDEX, list_numbered
 from cosmicai.exceptions import (
+    BadModelError,
+    CorruptPartitionError,
     CosmicAIError,
     InvalidRequestError,
+    InvalidRunError,
+    ModelError,
     ObjectNotFoundError,
+    PartitionFormatError,
     PlanError,
     RankFailedError,
+    StorageUnavailableError,
+    TransientStorageError,
 )
-from cosmicai.metrics import redshift_metrics
+from cosmicai.metrics import known_redshift, redshift_metrics
 from cosmicai.model import get_model
 from cosmicai.reduction import read_reduced, reduce_with_peers
 from cosmicai.report import predictions_csv, summary_markdown
@@ -50,9 +57,27 @@ from cosmicai.run_types import (
     Timings,
     WorkItem,
     empty_predictions,
+    new_attempt,
     prediction_dtype,
 )
 from cosmicai.storage import Storage, join_key
+
+logger = logging.getLogger(__name__)
+
+#: What a rank raises for each cause (the class name is the Lambda errorType the state
+#: machine matches): transient storage faults are retried, the others fail at once.
+_RANK_ERRORS: tuple[tuple[type[Exception], type[RankFailedError]], ...] = (
+    (TransientStorageError, StorageUnavailableError),
+    (PartitionFormatError, CorruptPartitionError),
+    (ModelError, BadModelError),
+    (InvalidRequestError, InvalidRunError),
+)
+
+
+def rank_error(rank: int, exc: Exception, message: str) -> RankFailedError:
+    """The error a failed rank raises: named for its cause, the rank in the message."""
+    kind = next((named for cause, named in _RANK_ERRORS if isinstance(exc, cause)), None)
+    return (kind or RankFailedError)(f"rank {rank} failed: {message}")
 
 
 def _put_json(storage: Storage, bucket: str, key: str, value: BaseModel | Any) -> None:
@@ -99,17 +124,55 @@ def list_partitions(storage: Storage, bucket: str, prefix: str) -> list[Partitio
         PartitionRef(key=info.key, number=number, bytes=info.size)
         for number, info in list_numbered(storage, bucket, prefix)
     ]
-    try:
-        index = json.loads(storage.get(bucket, join_key(prefix, DATASET_INDEX)))
-        counts = {
-            int(p["number"]): (int(p["samples"]), int(p["bytes"])) for p in index["partitions"]
-        }
-    except (ObjectNotFoundError, ValueError, KeyError, TypeError):
-        counts = {}
+    counts = _index_counts(storage, bucket, join_key(prefix, DATASET_INDEX))
     for ref in found:
         if ref.number in counts and counts[ref.number][1] == ref.bytes:
             ref.samples = counts[ref.number][0]
     return found
+
+
+class _IndexEntry(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+    number: int = Field(ge=1)
+    samples: int = Field(ge=0)
+    bytes: int = Field(ge=0)
+
+
+def _index_counts(storage: Storage, bucket: str, key: str) -> dict[int, tuple[int, int]]:
+    """(samples, bytes) by partition number from the dataset index; an index that is there
+    but wrong is refused, naming the object and the fault (a plan's sample counts must not
+    come from a corrupt file)."""
+    try:
+        raw = storage.get(bucket, key)
+    except ObjectNotFoundError:
+        return {}
+    try:
+        index = json.loads(raw)
+    except RecursionError:
+        raise PlanError(f"dataset index {bucket}/{key} is nested too deeply") from None
+    except ValueError as exc:
+        raise PlanError(f"dataset index {bucket}/{key} is not valid JSON: {exc}") from None
+    if not isinstance(index, dict):
+        raise PlanError(f"dataset index {bucket}/{key} is not a JSON object")
+    entries = index.get("partitions")
+    if entries is None:
+        return {}
+    if not isinstance(entries, list):
+        raise PlanError(f"dataset index {bucket}/{key}: partitions is not a list")
+    counts = {}
+    for position, entry in enumerate(entries):
+        try:
+            parsed = _IndexEntry.model_validate(entry)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'entry'}: {e['msg']}" for e in exc.errors()
+            )
+            raise PlanError(
+                f"dataset index {bucket}/{key}: partitions[{position}] is wrong ({problems})"
+            ) from None
+        counts[parsed.number] = (parsed.samples, parsed.bytes)
+    return counts
 
 
 def plan_ranks(partitions: list[PartitionRef], world_size: int) -> list[RankPlan]:
@@ -185,6 +248,22 @@ def initialize(request: RunRequest, storage: Storage) -> RunPointer:
     return pointer
 
 
+def existing_pointer(storage: Storage, bucket: str, run_prefix: str) -> RunPointer:
+    """The pointer Initialize returned for a run that already has a plan (to resume it)."""
+    plan = load_plan(storage, bucket, run_prefix)
+    layout = RunLayout(run_prefix)
+    return RunPointer(
+        run_id=plan.run_id,
+        bucket=bucket,
+        run_prefix=run_prefix,
+        plan_key=layout.plan,
+        manifest_key=layout.manifest,
+        world_size=plan.world_size,
+        partitions=plan.partitions,
+        bytes=plan.bytes,
+    )
+
+
 def load_plan(storage: Storage, bucket: str, run_prefix: str) -> Plan:
     plan: Plan = _parse(Plan, _load_json(storage, bucket, RunLayout(run_prefix).plan), "plan")
     return plan
@@ -208,10 +287,12 @@ def run_rank(item: WorkItem, storage: Storage) -> RankResult:
     The predictions go to a file named by this attempt, then the result (which names that
     file) replaces any earlier one in one PUT: a reader sees the old attempt or the new one,
     whole. A rank that fails writes a failed result naming the cause and raises
-    :class:`RankFailedError`, so the Map counts it and Summarize can name it.
+    :class:`RankFailedError` (a subclass naming the cause: see :func:`rank_error`), so the Map
+    counts it and Summarize can name it. An earlier attempt's predictions stay: a Summarize
+    may have read the result naming them a moment ago; Summarize removes them.
     """
     started_at, start = time.time(), time.perf_counter()
-    attempt = uuid.uuid4().hex[:12]
+    attempt = new_attempt()
     timings = Timings()
     n_partitions = n_samples = n_bytes = 0
 
@@ -287,12 +368,8 @@ def run_rank(item: WorkItem, storage: Storage) -> RankResult:
             encode_tensors(predictions, {"run_id": item.run_id, "rank": str(item.rank)}),
         )
         timings.write_s = time.perf_counter() - t2
-        previous = _previous_predictions(storage, item.bucket, result_key)
         done = result("ok", predictions_key=predictions_key)
         _put_json(storage, item.bucket, result_key, done)
-        if previous and previous != predictions_key:
-            # The new result no longer points at it; removing it is tidiness, not safety.
-            storage.delete(item.bucket, previous)
     except Exception as exc:
         message = str(exc) if isinstance(exc, CosmicAIError) else f"{type(exc).__name__}: {exc}"
         failed = result("failed", error=message)
@@ -306,7 +383,7 @@ def run_rank(item: WorkItem, storage: Storage) -> RankResult:
             # at once instead of waiting out their deadline for a rank that will never come
             # (Summarize ignores a reduction that misses a failed rank's samples anyway).
             reduce_with_peers(item, request, storage, empty_predictions())
-        raise RankFailedError(f"rank {item.rank} failed: {message}") from exc
+        raise rank_error(item.rank, exc, message) from exc
     if request.communicator == "off":
         return done
     # After the rank's own result is written: a failed collective loses nothing, it only
@@ -325,9 +402,9 @@ def _read_result(storage: Storage, bucket: str, key: str) -> RankResult | None:
         return None
 
 
-def _previous_predictions(storage: Storage, bucket: str, result_key: str) -> str | None:
-    previous = _read_result(storage, bucket, result_key)
-    return previous.predictions_key if previous else None
+def read_rank_result(storage: Storage, pointer: RunPointer, rank: int) -> RankResult | None:
+    """A rank's result, or None when it has none (or none that can be read)."""
+    return _read_result(storage, pointer.bucket, RunLayout(pointer.run_prefix).rank_result(rank))
 
 
 def _has_ok_result(storage: Storage, bucket: str, result_key: str) -> bool:
@@ -394,7 +471,9 @@ def summarize(
         for name, parts in arrays.items()
     }
     metrics = redshift_metrics(merged["redshift"], merged["z_pred"])
-    known = merged["redshift"][np.isfinite(merged["redshift"])].astype(np.float64)
+    known_mask = known_redshift(merged["redshift"])
+    nonfinite = int(np.sum(known_mask & ~np.isfinite(merged["z_pred"])))
+    known = merged["redshift"][known_mask].astype(np.float64)
     baseline = float(np.mean(np.abs(known - known.mean()))) if known.size else None
     metrics_source: Literal["rank results", "communicator"] = "rank results"
     comm_summary = None
@@ -465,6 +544,7 @@ def summarize(
         partitions=sum(r.partitions for r in ok),
         samples=samples,
         samples_with_redshift=int(known.size),
+        nonfinite_predictions=nonfinite,
         bytes=data_bytes,
         metrics=metrics,
         metrics_source=metrics_source,
@@ -475,15 +555,51 @@ def summarize(
         ignored_fields=list(request.ignored_fields),
         outputs=outputs,
     )
+    if nonfinite:
+        logger.warning(
+            "%d predictions are NaN or infinite: counted as outliers, left out of the other "
+            "metrics",
+            nonfinite,
+        )
+    # The summary first: nothing after it (figures, tidying) may cost the run its summary.
+    storage.put(pointer.bucket, outputs["predictions_csv"], predictions_csv(merged))
+    _write_summary(storage, pointer.bucket, summary)
     if plots.available():
         for name, png in plots.run_figures(summary, merged, reported).items():
             key = layout.plot(name)
             storage.put(pointer.bucket, key, png)
             summary.outputs[f"plot_{name.removesuffix('.png')}"] = key
-    storage.put(pointer.bucket, outputs["predictions_csv"], predictions_csv(merged))
-    storage.put(pointer.bucket, outputs["summary_md"], summary_markdown(summary).encode())
-    _put_json(storage, pointer.bucket, outputs["summary_json"], summary)
+        if any(name.startswith("plot_") for name in summary.outputs):
+            _write_summary(storage, pointer.bucket, summary)
+    _remove_superseded_predictions(storage, pointer.bucket, layout, results)
     return summary
+
+
+def _write_summary(storage: Storage, bucket: str, summary: Summary) -> None:
+    storage.put(bucket, summary.outputs["summary_md"], summary_markdown(summary).encode())
+    _put_json(storage, bucket, summary.outputs["summary_json"], summary)
+
+
+def _remove_superseded_predictions(
+    storage: Storage, bucket: str, layout: RunLayout, results: dict[int, RankResult]
+) -> None:
+    """Delete the predictions of attempts older than the one each rank's result names.
+
+    Done here, not by the rank that replaces them: a Summarize that read the old result just
+    before would otherwise find its predictions gone. Newer attempts (a re-run still going)
+    are left alone: their result may not be written yet.
+    """
+    try:
+        for info in storage.list(bucket, layout.key("ranks/")):
+            rank_part = info.key[len(layout.key("ranks/")) :].split("/", 1)[0]
+            if not rank_part.isdigit() or int(rank_part) not in results:
+                continue
+            rank = int(rank_part)
+            attempt = layout.predictions_attempt(rank, info.key)
+            if attempt is not None and attempt < results[rank].attempt:
+                storage.delete(bucket, info.key)
+    except CosmicAIError as exc:  # tidiness only: the summary is already written
+        logger.warning("could not remove superseded predictions: %s", exc)
 
 
 def _row(rank: int, result: RankResult | None, failure: str | None) -> RankRow:

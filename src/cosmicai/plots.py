@@ -9,13 +9,22 @@ and says so. The Lambda layer leaves it out to keep the functions small.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cosmicai.metrics import known_redshift
+
 if TYPE_CHECKING:
     from cosmicai.run_types import RankResult, Summary
+
+logger = logging.getLogger(__name__)
+
+
+class NothingToDraw(Exception):
+    """A figure has no data it can show; the message says why."""
 
 
 def available() -> bool:
@@ -31,62 +40,92 @@ def run_figures(
     predictions: Mapping[str, np.ndarray[Any, Any]],
     results: Sequence[RankResult],
 ) -> dict[str, bytes]:
-    """PNG files by name: ``redshift.png``, ``timeline.png``."""
+    """PNG files by name: ``redshift.png``, ``timeline.png``.
+
+    A figure that cannot be drawn (no finite pair to plot, a matplotlib failure) is left out
+    and the reason logged: figures must never cost a run its summary.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # no display on Lambda or CI
     import matplotlib.pyplot as plt
 
     figures: dict[str, bytes] = {}
+    drawers: dict[str, Callable[[], Any]] = {
+        "redshift.png": lambda: _redshift_figure(plt, summary, predictions),
+        "timeline.png": lambda: _timeline_figure(plt, summary, results),
+    }
+    for name, draw in drawers.items():
+        try:
+            fig = draw()
+        except NothingToDraw as exc:
+            logger.info("figure %s not drawn: %s", name, exc)
+            continue
+        except Exception as exc:  # a figure is never worth a run's summary
+            logger.warning("figure %s could not be drawn: %s: %s", name, type(exc).__name__, exc)
+            plt.close("all")
+            continue
+        try:
+            figures[name] = _png(fig)
+        except Exception as exc:
+            logger.warning("figure %s could not be saved: %s: %s", name, type(exc).__name__, exc)
+        finally:
+            plt.close(fig)
+    return figures
+
+
+def _redshift_figure(
+    plt: Any, summary: Summary, predictions: Mapping[str, np.ndarray[Any, Any]]
+) -> Any:
     z = np.asarray(predictions["redshift"], dtype=np.float64)
     pred = np.asarray(predictions["z_pred"], dtype=np.float64)
-    known = np.isfinite(z)
-    if known.any():
-        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
-        top = float(max(z[known].max(), pred[known].max())) * 1.05
-        left.hexbin(
-            z[known],
-            pred[known],
-            gridsize=60,
-            bins="log",
-            cmap="viridis",
-            extent=(0, top, 0, top),
-            mincnt=1,
+    known = known_redshift(z) & np.isfinite(pred)
+    if not known.any():
+        raise NothingToDraw("no sample has both a known redshift and a finite prediction")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    top = float(max(z[known].max(), pred[known].max())) * 1.05
+    left.hexbin(
+        z[known],
+        pred[known],
+        gridsize=60,
+        bins="log",
+        cmap="viridis",
+        extent=(0, top, 0, top),
+        mincnt=1,
+    )
+    left.plot([0, top], [0, top], color="white", lw=1, ls="--")
+    left.set(xlabel="spectroscopic z", ylabel="predicted z", title=f"{int(known.sum()):,} galaxies")
+    dz = (pred[known] - z[known]) / (1 + z[known])
+    right.hist(dz, bins=80, color="tab:blue")
+    m = summary.metrics
+    if m is not None:
+        right.set_title(f"Δz: bias {m.bias:+.4f}, NMAD {m.nmad:.4f}, MAE {m.mae:.4f}")
+    right.set(xlabel="Δz = (z_pred − z) / (1 + z)", ylabel="galaxies")
+    fig.suptitle(f"run {summary.run_id}")
+    return fig
+
+
+def _timeline_figure(plt: Any, summary: Summary, results: Sequence[RankResult]) -> Any:
+    if not results:
+        raise NothingToDraw("no rank reported a result")
+    fig, ax = plt.subplots(figsize=(10, max(2.5, 0.22 * len(results) + 1.2)))
+    origin = min(r.started_at for r in results)
+    for r in results:
+        colour = "tab:green" if r.status == "ok" else "tab:red"
+        ax.barh(
+            r.rank,
+            r.finished_at - r.started_at,
+            left=r.started_at - origin,
+            color=colour,
+            height=0.8,
         )
-        left.plot([0, top], [0, top], color="white", lw=1, ls="--")
-        left.set(
-            xlabel="spectroscopic z", ylabel="predicted z", title=f"{int(known.sum()):,} galaxies"
-        )
-        dz = (pred[known] - z[known]) / (1 + z[known])
-        right.hist(dz, bins=80, color="tab:blue")
-        m = summary.metrics
-        if m is not None:
-            right.set_title(f"Δz: bias {m.bias:+.4f}, NMAD {m.nmad:.4f}, MAE {m.mae:.4f}")
-        right.set(xlabel="Δz = (z_pred − z) / (1 + z)", ylabel="galaxies")
-        fig.suptitle(f"run {summary.run_id}")
-        figures["redshift.png"] = _png(fig)
-        plt.close(fig)
-    if results:
-        fig, ax = plt.subplots(figsize=(10, max(2.5, 0.22 * len(results) + 1.2)))
-        origin = min(r.started_at for r in results)
-        for r in results:
-            colour = "tab:green" if r.status == "ok" else "tab:red"
-            ax.barh(
-                r.rank,
-                r.finished_at - r.started_at,
-                left=r.started_at - origin,
-                color=colour,
-                height=0.8,
-            )
-        ax.set(
-            xlabel="seconds since the first rank started",
-            ylabel="rank",
-            title=f"ranks (Map wall-clock {summary.performance.map_wall_s:.2f} s)",
-        )
-        ax.invert_yaxis()
-        figures["timeline.png"] = _png(fig)
-        plt.close(fig)
-    return figures
+    ax.set(
+        xlabel="seconds since the first rank started",
+        ylabel="rank",
+        title=f"ranks (Map wall-clock {summary.performance.map_wall_s:.2f} s)",
+    )
+    ax.invert_yaxis()
+    return fig
 
 
 def _png(fig: Any) -> bytes:

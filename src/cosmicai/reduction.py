@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from cosmicai.exceptions import CosmicAIError
-from cosmicai.metrics import metrics_from_statistics, sufficient_statistics
+from cosmicai.metrics import STAT_FIELDS, metrics_from_statistics, sufficient_statistics
 from cosmicai.run_types import CommOutcome, ReducedMetrics, RunLayout, WorkItem
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from cosmicai.storage import Storage
 
 logger = logging.getLogger(__name__)
+_NONFINITE = STAT_FIELDS.index("nonfinite")
 
 
 def reduce_with_peers(
@@ -67,7 +68,8 @@ def reduce_with_peers(
                 run_id=item.run_id,
                 world_size=item.world_size,
                 samples=int(total_samples[0]),
-                samples_with_redshift=int(total_sums[0]),
+                # Finite pairs plus the known redshifts whose prediction was not finite.
+                samples_with_redshift=int(total_sums[0] + total_sums[_NONFINITE]),
                 metrics=metrics_from_statistics(total_sums, all_dz),
                 links=links,
                 seconds=seconds,

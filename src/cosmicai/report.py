@@ -31,15 +31,29 @@ def predictions_csv(predictions: dict[str, np.ndarray[Any, Any]]) -> bytes:
 
 def _metric_rows(summary: Summary) -> list[tuple[str, str]]:
     m = summary.metrics
+    excluded = (
+        [
+            (
+                "non-finite predictions",
+                f"{summary.nonfinite_predictions:,} (NaN or inf: counted as outliers, left out "
+                "of MAE, MSE, bias, NMAD, R²)",
+            )
+        ]
+        if summary.nonfinite_predictions
+        else []
+    )
     if m is None:
+        if summary.nonfinite_predictions:
+            return [("metrics", "no finite prediction of a known redshift"), *excluded]
         return [("metrics", "no sample with a known redshift")]
     rows = [
-        ("samples with z_spec", f"{m.samples:,}"),
+        ("samples with z_spec", f"{summary.samples_with_redshift:,}"),
+        *excluded,
         ("MAE", f"{m.mae:.4f}"),
         ("MSE", f"{m.mse:.5f}"),
         ("bias <Δz>", f"{m.bias:+.4f}"),
         ("NMAD (precision)", f"{m.nmad:.4f}"),
-        ("R²", f"{m.r2:.3f}"),
+        ("R²", f"{m.r2:.3f}" if m.r2 is not None else "undefined (every z_spec the same)"),
         ("outliers |Δz|>0.15", f"{m.outlier_fraction:.2%}"),
     ]
     if summary.baseline_mean_mae is not None:

@@ -17,6 +17,9 @@ below its own prefix ``<result_path><run_id>/`` in the request's bucket::
 
 from __future__ import annotations
 
+import re
+import secrets
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -173,6 +176,11 @@ class Summary(BaseModel):
     partitions: int
     samples: int
     samples_with_redshift: int
+    nonfinite_predictions: int = Field(
+        default=0,
+        description="Samples with a known redshift whose prediction is NaN or infinite: left "
+        "out of MAE, MSE, bias, NMAD and R², counted as outliers.",
+    )
     bytes: int
     metrics: RedshiftMetrics | None
     metrics_source: Literal["rank results", "communicator"] = Field(
@@ -209,6 +217,17 @@ PREDICTIONS: dict[str, tuple[str, tuple[int, ...]]] = {
     "redshift": ("F32", ()),
     "partition": ("I32", ()),
 }
+
+
+#: Length of an attempt id (see :func:`new_attempt`).
+ATTEMPT_LENGTH = 18
+_PREDICTIONS_FILE = re.compile(rf"predictions-([0-9a-f]{{{ATTEMPT_LENGTH}}})\.safetensors")
+
+
+def new_attempt() -> str:
+    """An id for one attempt of a rank: milliseconds since the epoch then random digits, in
+    hex, so attempts sort by when they started (Summarize tidies away the older ones)."""
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(3)}"
 
 
 def prediction_dtype(name: str) -> np.dtype[Any]:
@@ -250,6 +269,14 @@ class RunLayout:
 
     def predictions(self, rank: int, attempt: str) -> str:
         return join_key(self.rank_prefix(rank), f"predictions-{attempt}.safetensors")
+
+    def predictions_attempt(self, rank: int, key: str) -> str | None:
+        """The attempt whose predictions file ``key`` is (None for any other key)."""
+        prefix = self.rank_prefix(rank)
+        if not key.startswith(prefix):
+            return None
+        match = _PREDICTIONS_FILE.fullmatch(key[len(prefix) :])
+        return match.group(1) if match else None
 
     @property
     def comm_prefix(self) -> str:

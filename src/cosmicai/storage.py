@@ -25,7 +25,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
 from cosmicai.constants import ENV_RANGED_GET_THRESHOLD, ENV_STORAGE
-from cosmicai.exceptions import InvalidLocationError, ObjectNotFoundError, StorageError
+from cosmicai.exceptions import (
+    InvalidLocationError,
+    ObjectNotFoundError,
+    StorageError,
+    TransientStorageError,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -38,6 +43,26 @@ MAX_RANGE_WORKERS = 8
 
 # Names of local temporary files start with this, so listings never show them.
 _TMP_PREFIX = ".cosmicai-tmp-"
+
+#: S3 error codes that say "not now" rather than "never": throttling and server-side faults.
+TRANSIENT_S3_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "InternalError",
+        "ServiceUnavailable",
+        "500",
+        "502",
+        "503",
+        "504",
+    }
+)
+#: Attempts botocore makes per S3 call (with exponential backoff and jitter, its "standard"
+#: retry mode) before a transient error reaches cosmicai.
+S3_MAX_ATTEMPTS = 6
 
 
 class ObjectInfo(NamedTuple):
@@ -81,8 +106,13 @@ class S3Storage:
     def __init__(self, client: S3Client | None = None, ranged_get_threshold: int | None = None):
         if client is None:
             import boto3
+            from botocore.config import Config
 
-            client = boto3.client("s3")
+            # AWS_MAX_ATTEMPTS, the SDKs' own setting, still wins when it is set.
+            attempts = int(os.environ.get("AWS_MAX_ATTEMPTS", S3_MAX_ATTEMPTS))
+            client = boto3.client(
+                "s3", config=Config(retries={"mode": "standard", "max_attempts": attempts})
+            )
         self.client = client
         if ranged_get_threshold is None:
             ranged_get_threshold = int(
@@ -97,14 +127,27 @@ class S3Storage:
             self.requests[kind] += n
 
     def _error(self, exc: Exception, bucket: str, key: str, action: str) -> StorageError:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import (
+            ClientError,
+            ConnectionClosedError,
+            EndpointConnectionError,
+            ReadTimeoutError,
+        )
 
         if isinstance(exc, ClientError):
             code = exc.response.get("Error", {}).get("Code", "")
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
             if code in ("NoSuchKey", "404", "NotFound"):
                 return ObjectNotFoundError(f"s3://{bucket}/{key} does not exist")
             if code == "NoSuchBucket":
                 return ObjectNotFoundError(f"bucket {bucket!r} does not exist")
+            if code in TRANSIENT_S3_CODES or status >= 500:
+                return TransientStorageError(
+                    f"could not {action} s3://{bucket}/{key} (S3 {code or status}, still "
+                    f"failing after the client's retries): {exc}"
+                )
+        if isinstance(exc, EndpointConnectionError | ConnectionClosedError | ReadTimeoutError):
+            return TransientStorageError(f"could not {action} s3://{bucket}/{key}: {exc}")
         return StorageError(f"could not {action} s3://{bucket}/{key}: {exc}")
 
     def get(self, bucket: str, key: str) -> bytes | bytearray:
@@ -237,6 +280,9 @@ class LocalStorage:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
             try:
+                # mkstemp makes the file 0600; an object is an ordinary file, so it gets the
+                # mode open() would give it (0666 less the umask).
+                os.fchmod(fd, 0o666 & ~_umask())
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(data)
                     handle.flush()
@@ -254,7 +300,14 @@ class LocalStorage:
             raise ObjectNotFoundError(f"bucket {bucket!r} does not exist in {self.description}")
         # Walk only the folder the prefix points into, then filter by the full prefix: an S3
         # prefix is a string prefix, not a folder ("runs/1" matches "runs/10/x").
-        start = bucket_dir / prefix.rpartition("/")[0] if "/" in prefix else bucket_dir
+        folder = prefix.rpartition("/")[0]
+        parts = folder.split("/")
+        if "\x00" in prefix or folder.startswith("/") or ".." in parts:
+            # Whatever a caller hands in, a listing never leaves its bucket's folder.
+            raise InvalidLocationError(f"prefix {prefix!r} is not a valid key prefix")
+        start = bucket_dir / folder if folder else bucket_dir
+        if not start.resolve().is_relative_to(bucket_dir.resolve()):
+            raise InvalidLocationError(f"prefix {prefix!r} leads outside bucket {bucket!r}")
         keys: list[ObjectInfo] = []
         for dirpath, _dirnames, filenames in os.walk(start):
             for filename in filenames:
@@ -276,6 +329,24 @@ class LocalStorage:
     def delete(self, bucket: str, key: str) -> None:
         self.requests["DELETE"] += 1
         self.path(bucket, key).unlink(missing_ok=True)
+
+
+_umask_lock = threading.Lock()
+
+
+def _umask() -> int:
+    # Linux reports it without changing it; elsewhere the only way is to set it and put it
+    # back (a thread creating a file in between would see 022 for that moment).
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 def open_storage(spec: str | None = None, *, s3_client: Any = None) -> Storage:

@@ -48,6 +48,10 @@ def test_start_watch_and_summary(state_machine: str, data_bucket: Any, tmp_path:
     assert summary.exit_code == 0, summary.output
     assert "MAE" in summary.output and "AWS cost" in summary.output
     assert f"{2 * PARTITION_SAMPLES + PARTITION_SAMPLES:,}" in summary.output
+    # and the same run id cannot be started again (exit 2, one line)
+    again = runner.invoke(app, ["aws", "start", str(request), "--stack", "cosmicai-test"])
+    assert again.exit_code == 2, again.output
+    assert "run 'cli-aws-run' was already started" in again.output
 
 
 def test_unknown_stack_is_a_clear_error(state_machine: str, tmp_path: Path) -> None:

@@ -9,27 +9,15 @@ in the production ASL (DESIGN.md §7).
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
-from harness.aws import DATA_BUCKET, PARTITION_SAMPLES, event
-
-
-def _run(sfn: Any, state_machine: str, request: dict[str, Any]) -> dict[str, Any]:
-    execution = sfn.start_execution(stateMachineArn=state_machine, input=json.dumps(request))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        described: dict[str, Any] = sfn.describe_execution(executionArn=execution["executionArn"])
-        if described["status"] != "RUNNING":
-            return described
-        time.sleep(0.2)
-    raise AssertionError("execution did not finish in 120 s")
+from harness.aws import DATA_BUCKET, PARTITION_SAMPLES, event, run_execution
 
 
 def test_successful_run_with_several_ranks(sfn: Any, state_machine: str, data_bucket: Any) -> None:
     # GIVEN the state machine's sample input (3 partitions, 2 ranks)
     # WHEN executed
-    execution = _run(sfn, state_machine, event("state-machine.json"))
+    execution = run_execution(sfn, state_machine, event("state-machine.json"))
     # THEN it succeeds with Summarize's report of every sample
     assert execution["status"] == "SUCCEEDED", execution
     output = json.loads(execution["output"])
@@ -51,7 +39,7 @@ def test_failing_rank_is_counted_and_named(sfn: Any, state_machine: str, data_bu
     # GIVEN partition 3 (rank 1's) corrupt
     data_bucket.put_object(Bucket=DATA_BUCKET, Key="25MB/3.safetensors", Body=b"not a partition")
     # WHEN the run executes
-    execution = _run(sfn, state_machine, event("state-machine.json"))
+    execution = run_execution(sfn, state_machine, event("state-machine.json"))
     # THEN the Map run counts the failed item
     (map_run,) = sfn.list_map_runs(executionArn=execution["executionArn"])["mapRuns"]
     counts = sfn.describe_map_run(mapRunArn=map_run["mapRunArn"])["itemCounts"]
@@ -78,7 +66,7 @@ def test_bad_request_fails_with_our_error_type(
     sfn: Any, state_machine: str, data_bucket: Any
 ) -> None:
     request = {k: v for k, v in event("cosmicai-original.json").items() if k != "bucket"}
-    execution = _run(sfn, state_machine, request)
+    execution = run_execution(sfn, state_machine, request)
     assert execution["status"] == "FAILED"
     assert execution["error"] == "InvalidRequestError"
     assert "bucket: required field is missing" in execution["cause"]

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cosmicai.exceptions import CosmicAIError, ObjectNotFoundError
+from cosmicai.exceptions import CosmicAIError, ObjectNotFoundError, RunExistsError
 from cosmicai.request import RunRequest, parse_request
 from cosmicai.run_types import Summary
 from cosmicai.storage import S3Storage
@@ -101,7 +101,7 @@ def start_run(stack: Stack, request: RunRequest, stepfunctions: Any = None) -> s
     except ClientError as exc:
         code = exc.response["Error"]["Code"]
         if code == "ExecutionAlreadyExists":
-            raise CosmicAIError(
+            raise RunExistsError(
                 f"run {request.run_id!r} was already started on {stack.name}; give a new run_id"
             ) from None
         raise CosmicAIError(f"could not start the run: {exc}") from None

@@ -21,7 +21,7 @@ from cosmicai.constants import (
 )
 from cosmicai.exceptions import InvalidRequestError, RankFailedError
 from cosmicai.pipeline import initialize, parse_pointer, parse_work_item, run_rank, summarize
-from cosmicai.request import RunRequest, parse_request
+from cosmicai.request import RunRequest, parse_request, revalidate
 from cosmicai.storage import S3Storage, Storage
 
 if TYPE_CHECKING:
@@ -61,9 +61,7 @@ def deployment_request(event: Any) -> RunRequest:
     if request.max_concurrency is None and os.environ.get(ENV_MAX_CONCURRENCY):
         defaults["max_concurrency"] = int(os.environ[ENV_MAX_CONCURRENCY])
     if defaults:
-        request = parse_request(
-            {**request.model_dump(exclude_unset=True), **defaults, "run_id": request.run_id}
-        )
+        request = revalidate(request, **defaults)
     return request
 
 

@@ -24,6 +24,7 @@ becomes numpy arrays without a second copy (:func:`decode_partition` returns vie
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -192,6 +193,10 @@ def read_header(buffer: bytes | bytearray | memoryview, name: str = "partition")
         header = json.loads(bytes(view[8 : 8 + header_len]))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PartitionFormatError(f"{name} is corrupt: header is not valid JSON ({exc})") from exc
+    except RecursionError:
+        raise PartitionFormatError(f"{name} is corrupt: header JSON is nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        raise PartitionFormatError(f"{name} is corrupt: header JSON is unusable ({exc})") from None
     if not isinstance(header, dict):
         raise PartitionFormatError(f"{name} is corrupt: header is not a JSON object")
     return header
@@ -223,6 +228,7 @@ def decode_tensors(
         raise PartitionFormatError(f"{name} lacks tensor(s): {', '.join(missing)}")
 
     arrays: dict[str, np.ndarray[Any, Any]] = {}
+    spans: list[tuple[int, int, str]] = []
     samples: int | None = None
     for tensor, (dtype_name, tail) in expected.items():
         entry = header.get(tensor)
@@ -237,7 +243,8 @@ def decode_tensors(
         if (
             not isinstance(shape, list)
             or len(shape) != 1 + len(tail)
-            or not all(isinstance(d, int) and d >= 0 for d in shape)
+            # type() rather than isinstance(): JSON true is a bool, and bool is an int.
+            or not all(type(d) is int and d >= 0 for d in shape)
             or tuple(shape[1:]) != tail
         ):
             expected_shape = ", ".join(["N", *map(str, tail)])
@@ -251,12 +258,19 @@ def decode_tensors(
                 f"{name}: tensor {tensor} has {shape[0]} samples, other tensors have {samples}"
             )
         dtype = _DTYPES[dtype_name]
-        count = int(np.prod(shape))
+        # math.prod on Python ints: numpy's product wraps around past 2**63, and a wrapped
+        # product could match small offsets.
+        count = math.prod(shape)
+        if count * dtype.itemsize > data_len:
+            raise PartitionFormatError(
+                f"{name} is truncated (or its header is wrong): tensor {tensor} has shape "
+                f"{shape} ({count * dtype.itemsize} bytes), the object {data_len} data bytes"
+            )
         offsets = entry.get("data_offsets")
         if (
             not isinstance(offsets, list)
             or len(offsets) != 2
-            or not all(isinstance(o, int) for o in offsets)
+            or not all(type(o) is int for o in offsets)
             or offsets[0] < 0
             or offsets[1] - offsets[0] != count * dtype.itemsize
         ):
@@ -269,6 +283,13 @@ def decode_tensors(
                 f"{name} is truncated: tensor {tensor} ends at byte {data_start + offsets[1]}, "
                 f"object has {len(view)}"
             )
+        for start, end, other in spans:
+            if offsets[0] < end and start < offsets[1]:
+                raise PartitionFormatError(
+                    f"{name} is corrupt: tensors {other} and {tensor} overlap (bytes "
+                    f"{max(start, offsets[0])}-{min(end, offsets[1])} of the data)"
+                )
+        spans.append((offsets[0], offsets[1], tensor))
         arrays[tensor] = np.frombuffer(
             view, dtype=dtype, count=count, offset=data_start + offsets[0]
         ).reshape(shape)
@@ -295,8 +316,12 @@ def decode_partition(buffer: bytes | bytearray | memoryview, name: str = "partit
         )
     try:
         provenance = json.loads(metadata.get("provenance", "{}"))
-    except json.JSONDecodeError as exc:
-        raise PartitionFormatError(f"{name}: provenance metadata is not valid JSON") from exc
+    except (RecursionError, ValueError):
+        raise PartitionFormatError(f"{name}: provenance metadata is not valid JSON") from None
+    if not isinstance(provenance, dict):
+        raise PartitionFormatError(
+            f"{name}: provenance metadata is a JSON {type(provenance).__name__}, not an object"
+        )
     return Partition(
         images=arrays["images"],
         magnitudes=arrays["magnitudes"],
