@@ -9,6 +9,7 @@ run keeps its objects (:class:`~cosmicai.run_types.RunLayout`) live in
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -20,6 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from cosmicai import plots
+from cosmicai.constants import ENV_MAP_CHILD_TYPE
 from cosmicai.cost import billed_ms, estimate_cost
 from cosmicai.data.format import decode_partition, decode_tensors, encode_tensors
 from cosmicai.data.partitioner import DATASET_INDEX, list_numbered
@@ -202,17 +204,18 @@ def load_manifest(storage: Storage, pointer: RunPointer) -> list[WorkItem]:
 # -- Worker --------------------------------------------------------------------------------
 
 
-def run_rank(item: WorkItem, storage: Storage) -> RankResult:
+def run_rank(item: WorkItem, storage: Storage, *, cold_start_s: float = 0.0) -> RankResult:
     """Infer every partition of one rank and write its predictions and result.
 
     The predictions go to a file named by this attempt, then the result (which names that
     file) replaces any earlier one in one PUT: a reader sees the old attempt or the new one,
     whole. A rank that fails writes a failed result naming the cause and raises
     :class:`RankFailedError`, so the Map counts it and Summarize can name it.
+    ``cold_start_s`` is the worker's start-up before this handler ran (0 when warm).
     """
     started_at, start = time.time(), time.perf_counter()
     attempt = uuid.uuid4().hex[:12]
-    timings = Timings()
+    timings = Timings(cold_start_s=cold_start_s)
     n_partitions = n_samples = n_bytes = 0
 
     def result(
@@ -427,8 +430,10 @@ def summarize(
     for r in reported:
         requests.update(r.s3_requests)
     durations = [r.timings.total_s for r in reported] + list(extra_durations_s)
+    # The Map's wall-clock starts when the first worker started, cold start included.
     map_wall = (
-        max(r.finished_at for r in reported) - min(r.started_at for r in reported)
+        max(r.finished_at for r in reported)
+        - min(r.started_at - r.timings.cold_start_s for r in reported)
         if reported
         else 0.0
     )
@@ -449,6 +454,10 @@ def summarize(
             architecture=request.architecture,
             world_size=plan.world_size,
             s3_requests=requests,
+            init_s=[r.timings.cold_start_s for r in reported],
+            map_child_type=_map_child_type(),
+            child_durations_s=[r.timings.total_s + r.timings.cold_start_s for r in reported],
+            rendezvous_s=map_wall if request.communicator == "direct" else 0.0,
         ),
     )
     outputs = {
@@ -486,6 +495,12 @@ def summarize(
     return summary
 
 
+def _map_child_type() -> Literal["STANDARD", "EXPRESS"]:
+    # Set by the template from its MapChildType parameter; local runs price STANDARD children.
+    value = os.environ.get(ENV_MAP_CHILD_TYPE, "STANDARD").strip().upper()
+    return "EXPRESS" if value == "EXPRESS" else "STANDARD"
+
+
 def _row(rank: int, result: RankResult | None, failure: str | None) -> RankRow:
     if result is None:
         return RankRow(
@@ -512,7 +527,8 @@ def _row(rank: int, result: RankResult | None, failure: str | None) -> RankRow:
         inference_s=result.timings.inference_s,
         write_s=result.timings.write_s,
         total_s=result.timings.total_s,
-        billed_ms=billed_ms(result.timings.total_s),
+        cold_start_s=result.timings.cold_start_s,
+        billed_ms=billed_ms(result.timings.total_s, result.timings.cold_start_s),
         peak_rss_mb=result.peak_rss_mb,
         error=failure,
     )

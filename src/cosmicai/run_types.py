@@ -93,6 +93,9 @@ class WorkItem(BaseModel):
 
 
 class Timings(BaseModel):
+    #: Process start + imports + model load before this rank's handler ran, when the rank
+    #: ran in a fresh (cold) worker; 0 in a warm one. Lambda bills it as INIT.
+    cold_start_s: float = 0.0
     read_s: float = 0.0
     inference_s: float = 0.0
     write_s: float = 0.0
@@ -140,6 +143,7 @@ class RankRow(BaseModel):
     inference_s: float
     write_s: float
     total_s: float
+    cold_start_s: float = 0.0
     billed_ms: int
     peak_rss_mb: float
     error: str | None = None
