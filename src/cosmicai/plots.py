@@ -67,26 +67,71 @@ def run_figures(
         figures["redshift.png"] = _png(fig)
         plt.close(fig)
     if results:
-        fig, ax = plt.subplots(figsize=(10, max(2.5, 0.22 * len(results) + 1.2)))
-        origin = min(r.started_at for r in results)
-        for r in results:
-            colour = "tab:green" if r.status == "ok" else "tab:red"
-            ax.barh(
-                r.rank,
-                r.finished_at - r.started_at,
-                left=r.started_at - origin,
-                color=colour,
-                height=0.8,
-            )
-        ax.set(
-            xlabel="seconds since the first rank started",
-            ylabel="rank",
-            title=f"ranks (Map wall-clock {summary.performance.map_wall_s:.2f} s)",
+        fig = timeline_figure(
+            results, title=f"ranks (Map wall-clock {summary.performance.map_wall_s:.2f} s)"
         )
-        ax.invert_yaxis()
         figures["timeline.png"] = _png(fig)
         plt.close(fig)
     return figures
+
+
+#: Phases of a rank on the timeline, in the order drawn, with their colours.
+PHASES = {
+    "cold start": "0.6",
+    "read": "tab:blue",
+    "inference": "tab:orange",
+    "write": "tab:purple",
+    "communication": "tab:cyan",
+    "other": "tab:olive",
+}
+
+
+def timeline_figure(results: Sequence[RankResult], *, title: str) -> Any:
+    """One bar per rank, split into cold start, read, inference, write and communication.
+
+    Read and inference alternate partition by partition; each is drawn as one block of its
+    summed time, so the bar's length is right and the split is proportional. A failed rank is
+    outlined in red.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    fig, ax = plt.subplots(figsize=(10, max(2.5, 0.22 * len(results) + 1.6)))
+    origin = min(r.started_at - r.timings.cold_start_s for r in results)
+    for r in results:
+        t = r.timings
+        comm = r.communicator.seconds if r.communicator is not None else 0.0
+        handler = max(r.finished_at - r.started_at, 0.0)
+        other = max(handler - t.read_s - t.inference_s - t.write_s - comm, 0.0)
+        left = r.started_at - t.cold_start_s - origin
+        for phase, width in zip(
+            PHASES, (t.cold_start_s, t.read_s, t.inference_s, t.write_s, comm, other), strict=True
+        ):
+            if width > 0:
+                ax.barh(r.rank, width, left=left, color=PHASES[phase], height=0.8)
+                left += width
+        if r.status != "ok":
+            start = r.started_at - t.cold_start_s - origin
+            ax.barh(
+                r.rank,
+                max(left - start, 1e-3),
+                left=start,
+                fill=False,
+                edgecolor="red",
+                lw=1.5,
+                height=0.8,
+            )
+    ax.legend(
+        handles=[Patch(color=c, label=p) for p, c in PHASES.items()],
+        ncols=len(PHASES),
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.18),
+        fontsize="small",
+        frameon=False,
+    )
+    ax.set(xlabel="seconds since the first worker started", ylabel="rank", title=title)
+    ax.invert_yaxis()
+    return fig
 
 
 def _png(fig: Any) -> bytes:

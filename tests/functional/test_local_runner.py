@@ -173,3 +173,66 @@ def test_failed_rank_still_lets_its_peers_finish_the_reduction(
     assert summary.communicator is not None
     assert summary.communicator.degraded_ranks == {}
     assert summary.samples == 3 * 30
+
+
+@pytest.mark.slow
+def test_warm_workers_are_reused_and_cold_starts_recorded(rendered_store: Path) -> None:
+    # GIVEN 4 ranks and 2 workers
+    request = parse_request(
+        {"bucket": "survey", "data_prefix": "p", "world_size": 4, "run_id": "warm"}
+    )
+    pids: dict[int, int] = {}
+    # WHEN the run executes
+    run = run_local(
+        request,
+        str(rendered_store),
+        workers=2,
+        on_rank_start=lambda rank, pid: pids.__setitem__(rank, pid),
+    )
+    # THEN two processes ran all four ranks; each process's first rank carries its cold
+    # start (process start, imports, model load), the ranks it ran warm carry none
+    assert run.summary.status == "ok"
+    assert len(set(pids.values())) == 2
+    rows = {r.rank: r for r in run.summary.ranks}
+    firsts = {min(r for r, p in pids.items() if p == pid) for pid in set(pids.values())}
+    for rank, row in rows.items():
+        if rank in firsts:
+            assert row.cold_start_s > 0.05, row
+        else:
+            assert row.cold_start_s == 0.0, row
+    assert run.summary.performance.cost.cold_starts == 2
+    assert run.summary.performance.cost.init_gb_seconds > 0
+
+
+@pytest.mark.slow
+def test_a_killed_rank_process_fails_only_its_rank(rendered_store: Path) -> None:
+    import os
+    import signal
+
+    # GIVEN 4 ranks on 1 worker, and rank 1's process killed with SIGKILL (as the OOM killer
+    # does) as soon as it takes the rank
+    request = parse_request(
+        {"bucket": "survey", "data_prefix": "p", "world_size": 4, "run_id": "killed"}
+    )
+    pids: dict[int, int] = {}
+
+    def kill_rank_1(rank: int, pid: int) -> None:
+        pids[rank] = pid
+        if rank == 1:
+            os.kill(pid, signal.SIGKILL)
+
+    # WHEN the run executes
+    run = run_local(request, str(rendered_store), workers=1, on_rank_start=kill_rank_1)
+    # THEN only rank 1 failed, named with the signal; ranks 2 and 3 (not started when it
+    # died) ran in a fresh, cold worker; the summary is partial and counts their samples
+    summary = run.summary
+    assert summary.status == "partial"
+    assert list(summary.failed_ranks) == [1]
+    assert "SIGKILL" in summary.failed_ranks[1]
+    assert f"pid {pids[1]}" in summary.failed_ranks[1]
+    assert summary.ranks_ok == 3
+    assert summary.samples == 3 * 30
+    assert pids[2] == pids[3] != pids[1]
+    rows = {r.rank: r for r in summary.ranks}
+    assert rows[2].cold_start_s > 0 and rows[3].cold_start_s == 0.0
+    assert "SIGKILL" in run.rank_errors[1]
