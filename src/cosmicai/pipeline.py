@@ -259,11 +259,12 @@ def run_rank(item: WorkItem, storage: Storage, *, cold_start_s: float = 0.0) -> 
             t0 = time.perf_counter()
             raw = storage.get(plan.data_bucket, ref.key)
             partition = decode_partition(raw, name=f"partition {plan.data_bucket}/{ref.key}")
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             for batch in partition.batches(request.batch_size):
                 chunks["z_pred"].append(model.predict(batch.images, batch.magnitudes))
             timings.read_s += t1 - t0
             timings.inference_s += time.perf_counter() - t1
+            timings.inference_cpu_s += time.process_time() - c1
             chunks["object_id"].append(np.array(partition.object_id))
             chunks["redshift"].append(
                 np.array(partition.redshift)

@@ -98,6 +98,9 @@ class Timings(BaseModel):
     cold_start_s: float = 0.0
     read_s: float = 0.0
     inference_s: float = 0.0
+    #: CPU time of the process during inference: unlike wall time, it does not grow when
+    #: other work shares the cores, so it calibrates the projection to a Lambda vCPU.
+    inference_cpu_s: float = 0.0
     write_s: float = 0.0
     total_s: float = 0.0
 

@@ -88,6 +88,7 @@ class RunFigures(BaseModel):
     cost: float
     billed_gb_seconds: float
     inference_s: float
+    inference_cpu_s: float = 0.0
     read_s: float
     write_s: float
 
@@ -128,7 +129,8 @@ class Cell(BaseModel):
 
 class Profile(BaseModel):
     """Per-rank costs measured over every successful rank of the sweep (the projection's
-    calibration)."""
+    calibration). CPU per sample is process CPU time during inference, so a busy machine
+    does not inflate it; wall-clock figures in the table do grow with the machine's load."""
 
     cpu_s_per_sample: float
     read_mb_per_s: float
@@ -205,6 +207,7 @@ def _figures(summary: Any, results: Sequence[Any]) -> RunFigures:
         cost=summary.performance.cost.total,
         billed_gb_seconds=summary.performance.cost.billed_gb_seconds,
         inference_s=sum(r.timings.inference_s for r in ok),
+        inference_cpu_s=sum(r.timings.inference_cpu_s for r in ok),
         read_s=sum(r.timings.read_s for r in ok),
         write_s=sum(r.timings.write_s for r in ok),
     )
@@ -236,7 +239,7 @@ def profile_of(cells: Sequence[Cell], store_results: Sequence[Any]) -> Profile:
         (float(v) for v in np.polyfit(xs, ys, 1)) if len(set(xs)) > 1 else (0.0, max(ys or [0]))
     )
     return Profile(
-        cpu_s_per_sample=sum(r.timings.inference_s for r in store_results) / samples,
+        cpu_s_per_sample=sum(r.timings.inference_cpu_s for r in store_results) / samples,
         read_mb_per_s=mbytes / read_s,
         write_s_per_sample=sum(r.timings.write_s for r in store_results) / samples,
         cold_start_s=statistics.median(colds) if colds else 0.0,
@@ -328,7 +331,9 @@ def sweep_markdown(result: SweepResult) -> str:
     lines = [
         "# Partition-size sweep",
         "",
-        f"Machine: {m.get('cpus')} × {m.get('cpu_model')}, {m.get('date')}; model "
+        f"Machine: {m.get('cpus')} × {m.get('cpu_model')}, {m.get('date')}, load average at "
+        f"start {m.get('load_average_at_start')} (shared cores: wall-clock figures move with "
+        f"the load, CPU per sample does not); model "
         f"`{c.model}`, batch {c.batch_size}, {c.repeats} repeats per cell, at most "
         f"{c.concurrency} workers at once; cost at {c.memory_mb:,} MB configured, x86_64. "
         f"Dataset: {result.dataset_samples:,} rendered SDSS test galaxies, "
@@ -358,7 +363,7 @@ def sweep_markdown(result: SweepResult) -> str:
     lines += [
         "",
         "Profile (calibrates `cosmicai project`): "
-        f"{p.cpu_s_per_sample * 1000:.3f} ms CPU per sample "
+        f"{p.cpu_s_per_sample * 1000:.3f} ms CPU per sample (process CPU time) "
         f"({1 / p.cpu_s_per_sample if p.cpu_s_per_sample else 0:,.0f} samples/s per core), "
         f"read + decode {p.read_mb_per_s:,.0f} MB/s from local disk, cold start "
         f"{p.cold_start_s:.2f} s, worker RSS ≈ {p.rss_base_mb:.0f} MB + "
