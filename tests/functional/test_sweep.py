@@ -106,3 +106,46 @@ def test_report_refuses_what_it_cannot_read(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["report", str(tmp_path / "x.json")])
     assert result.exit_code == 1
     assert "neither a sweep.json nor a run's summary.json" in result.output
+
+
+@pytest.mark.slow
+def test_report_looks_like_a_page_in_a_real_browser(sweep_dir: Path, tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    import numpy as np
+    from matplotlib.image import imread
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no chromium on PATH (apt-get install -y chromium)")
+    result = CliRunner().invoke(app, ["report", str(sweep_dir), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    shot = tmp_path / "shot.png"
+    # WHEN headless Chromium renders the page
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1200,2400",
+            f"--screenshot={shot}",
+            (tmp_path / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    # THEN the screenshot is a page with content: mostly white, with a good share of drawn
+    # pixels (tables, text and figures), and colour (the plots' lines), not a blank page
+    pixels = imread(str(shot))[..., :3]
+    assert pixels.shape[:2] == (2400, 1200)
+    ink = (pixels.mean(axis=2) < 0.9).mean()
+    coloured = (np.ptp(pixels, axis=2) > 0.2).mean()
+    assert 0.02 < ink < 0.6, ink
+    assert coloured > 0.001, coloured

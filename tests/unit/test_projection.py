@@ -52,9 +52,9 @@ def test_one_wave_by_hand() -> None:
 
 
 def test_concurrency_limit_makes_waves_that_reuse_warm_workers() -> None:
-    base = {"dataset_bytes": 40 * 10 * MIB, "partition_mb": 10, "memory_mb": 1769}
-    wide = project(Scenario(**base, concurrency=40), CAL)
-    narrow = project(Scenario(**base, concurrency=10), CAL)
+    base = Scenario(dataset_bytes=40 * 10 * MIB, partition_mb=10, memory_mb=1769)
+    wide = project(base.model_copy(update={"concurrency": 40}), CAL)
+    narrow = project(base.model_copy(update={"concurrency": 10}), CAL)
     # 4 waves: later waves are warm, so each adds a rank's time without the 1 s cold start
     # (and without the Map's 1 s start)
     assert narrow.cost.cold_starts == 10
