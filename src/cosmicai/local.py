@@ -63,6 +63,7 @@ def _worker_main(
         # each rank, with its reason, when the rank asks for it.
         get_model(model, threads=threads, storage=open_storage(storage_spec))
     cold_start_s = time.time() - spawned_at
+    cold_start_cpu_s = time.process_time()
     while True:
         try:
             task = conn.recv()
@@ -76,14 +77,17 @@ def _worker_main(
         try:
             # A storage per rank, as a Lambda invocation makes: request counts are the rank's.
             result = run_rank(
-                WorkItem.model_validate(item), open_storage(storage_spec), cold_start_s=cold_start_s
+                WorkItem.model_validate(item),
+                open_storage(storage_spec),
+                cold_start_s=cold_start_s,
+                cold_start_cpu_s=cold_start_cpu_s,
             )
             conn.send(("ok", result.model_dump()))
         except CosmicAIError as exc:
             conn.send(("error", str(exc)))
         except Exception as exc:
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
-        cold_start_s = 0.0
+        cold_start_s = cold_start_cpu_s = 0.0
 
 
 @dataclass

@@ -143,7 +143,8 @@ def render_sweep(path: Path, out: Path) -> tuple[Path, Path]:
         f"({result.dataset_bytes / 2**20:,.0f} MiB).",
         f"Command: {result.command}" if result.command else "",
         f"Profile: {p.cpu_s_per_sample * 1000:.3f} ms CPU per sample, cold start "
-        f"{p.cold_start_s:.2f} s, worker RSS ≈ {p.rss_base_mb:.0f} MB + "
+        f"{p.cold_start_s:.2f} CPU s ({p.cold_start_wall_s:.2f} s wall-clock here), "
+        f"worker RSS ≈ {p.rss_base_mb:.0f} MB + "
         f"{p.rss_per_partition_mb:.2f} × partition MB.",
         *(f"Definition: {d}" for d in result.definitions),
     ]

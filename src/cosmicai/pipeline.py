@@ -204,18 +204,21 @@ def load_manifest(storage: Storage, pointer: RunPointer) -> list[WorkItem]:
 # -- Worker --------------------------------------------------------------------------------
 
 
-def run_rank(item: WorkItem, storage: Storage, *, cold_start_s: float = 0.0) -> RankResult:
+def run_rank(
+    item: WorkItem, storage: Storage, *, cold_start_s: float = 0.0, cold_start_cpu_s: float = 0.0
+) -> RankResult:
     """Infer every partition of one rank and write its predictions and result.
 
     The predictions go to a file named by this attempt, then the result (which names that
     file) replaces any earlier one in one PUT: a reader sees the old attempt or the new one,
     whole. A rank that fails writes a failed result naming the cause and raises
     :class:`RankFailedError`, so the Map counts it and Summarize can name it.
-    ``cold_start_s`` is the worker's start-up before this handler ran (0 when warm).
+    ``cold_start_s`` is the worker's start-up before this handler ran (0 when warm), and
+    ``cold_start_cpu_s`` the CPU time it took.
     """
     started_at, start = time.time(), time.perf_counter()
     attempt = uuid.uuid4().hex[:12]
-    timings = Timings(cold_start_s=cold_start_s)
+    timings = Timings(cold_start_s=cold_start_s, cold_start_cpu_s=cold_start_cpu_s)
     n_partitions = n_samples = n_bytes = 0
 
     def result(

@@ -35,8 +35,9 @@ ASSUMPTIONS: dict[str, str] = {
     "s3_read": "90 MB/s per worker from S3 (a commonly measured single-stream GET rate "
     "from Lambda; objects above 16 MiB are fetched by concurrent 8 MiB ranged GETs, so "
     "this is conservative); not measured here (no AWS account).",
-    "cold_start": "The sweep's measured cold start (process start + imports + model load) "
-    "for each worker's first rank; warm reuse for later waves. Billed as INIT since 2025-08-01.",
+    "cold_start": "The sweep's measured cold start (process start + imports + model load, "
+    "in CPU seconds so that a busy machine does not stretch it) for each worker's first "
+    "rank; warm reuse for later waves. Billed as INIT since 2025-08-01.",
     "map_start": "The Map state starts children after 1.0 s and at most 500 per second "
     "(assumption; the only public anchor is CosmicAI's 28.08 s Map state against a 25.0 s "
     "per-worker duration at 100 MB partitions, about 3 s of start-up and stragglers).",

@@ -96,6 +96,8 @@ class Timings(BaseModel):
     #: Process start + imports + model load before this rank's handler ran, when the rank
     #: ran in a fresh (cold) worker; 0 in a warm one. Lambda bills it as INIT.
     cold_start_s: float = 0.0
+    #: CPU time of that start-up: unlike its wall time, not stretched by a busy machine.
+    cold_start_cpu_s: float = 0.0
     read_s: float = 0.0
     inference_s: float = 0.0
     #: CPU time of the process during inference: unlike wall time, it does not grow when

@@ -202,6 +202,12 @@ def test_warm_workers_are_reused_and_cold_starts_recorded(rendered_store: Path) 
             assert row.cold_start_s == 0.0, row
     assert run.summary.performance.cost.cold_starts == 2
     assert run.summary.performance.cost.init_gb_seconds > 0
+    # and the start-up's CPU time is recorded beside its wall time, no larger than it
+    layout = RunLayout(request.run_prefix)
+    for rank in firsts:
+        result = json.loads((rendered_store / "survey" / layout.rank_result(rank)).read_text())
+        timings = result["timings"]
+        assert 0 < timings["cold_start_cpu_s"] <= timings["cold_start_s"] + 0.05
 
 
 @pytest.mark.slow

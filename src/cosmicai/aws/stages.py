@@ -8,6 +8,7 @@ state machine sees), naming every bad field.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -132,8 +133,14 @@ def worker_stage(
         # The first invocation of a container carries its start-up (runtime, imports) as the
         # rank's cold start: Lambda bills it as INIT.
         cold_start_s = 0.0 if _served else process_age_s()
+        cold_start_cpu_s = 0.0 if _served else time.process_time()
         _served = True
-        result = run_rank(item, storage or S3Storage(), cold_start_s=cold_start_s)
+        result = run_rank(
+            item,
+            storage or S3Storage(),
+            cold_start_s=cold_start_s,
+            cold_start_cpu_s=cold_start_cpu_s,
+        )
     except RankFailedError:
         if logger:
             logger.exception("rank failed")
