@@ -186,6 +186,10 @@ def sweep_figures(result: SweepResult) -> dict[str, bytes]:
         yscale="log",
         title=f"cost per GB ({result.config.memory_mb:,} MB configured)",
     )
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    right.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    right.yaxis.set_minor_formatter(NullFormatter())
     for ax in (left, right):
         ax.legend(fontsize="small")
         ax.grid(alpha=0.3)
@@ -229,6 +233,9 @@ def sweep_figures(result: SweepResult) -> dict[str, bytes]:
         label="CosmicAI published: memory used",
     )
     ax.set(xlabel="partition size (MB)", ylabel="MB", yscale="log", title="worker memory")
+    ax.set_yticks([250, 500, 1000, 2000, 4000, 8000])
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
     figures["memory.png"] = _png(fig)
