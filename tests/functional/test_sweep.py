@@ -149,3 +149,19 @@ def test_report_looks_like_a_page_in_a_real_browser(sweep_dir: Path, tmp_path: P
     coloured = (np.ptp(pixels, axis=2) > 0.2).mean()
     assert 0.02 < ink < 0.6, ink
     assert coloured > 0.001, coloured
+
+
+def test_sweep_refuses_a_model_it_cannot_load_before_any_work(tmp_path: Path) -> None:
+    args = ["bench", "sweep", "--model", "builtin:no-such-model", "--workdir", str(tmp_path)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1
+    assert "unknown built-in model 'no-such-model'" in result.output
+    assert not (tmp_path / "store").exists()
+
+
+def test_sweep_refuses_partitions_larger_than_the_dataset(tmp_path: Path) -> None:
+    args = ["bench", "sweep", "--sizes", "50", "--dataset-mb", "10", "--workdir", str(tmp_path)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    text = " ".join(result.output.replace("│", " ").split())  # typer boxes and wraps errors
+    assert "between 1 and the dataset size (10 MB)" in text

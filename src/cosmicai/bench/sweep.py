@@ -261,8 +261,11 @@ def run_sweep(
     config: SweepConfig, workdir: Path, *, say: Callable[[str], None] = print
 ) -> SweepResult:
     from cosmicai.local import run_local
+    from cosmicai.model import RedshiftModel, load_model_bytes
     from cosmicai.request import parse_request
 
+    # A model that cannot load would fail every rank of every cell: say so once, up front.
+    RedshiftModel(load_model_bytes(config.model), name=config.model)
     store = workdir / "store"
     counts = _prepare(store, config, say)
     token = secrets.token_hex(3)
