@@ -149,7 +149,37 @@ def render_sweep(path: Path, out: Path) -> tuple[Path, Path]:
         *(f"Definition: {d}" for d in result.definitions),
     ]
     figures = plots.sweep_figures(result) if plots.available() else {}
-    return _write(out, "Partition-size sweep", intro, sweep_tables(result), figures)
+    tables = sweep_tables(result) + _projection_tables(path.parent)
+    return _write(out, "Partition-size sweep", intro, tables, figures)
+
+
+def _projection_tables(folder: Path) -> list[Table]:
+    """The projections (``cosmicai project --out``) saved beside the sweep, if any."""
+    rows: list[list[str]] = []
+    for file in sorted(folder.glob("projection*.json")):
+        try:
+            data = json.loads(file.read_text())
+            for p in data["projections"]:
+                s, c = p["scenario"], p["cost"]
+                rows.append(
+                    [
+                        file.name,
+                        p["dataset"],
+                        f"{s['partition_mb']:g} MB × {p['world_size']:,}",
+                        f"{s['memory_mb']:,} MB, {s['map_child_type']}",
+                        f"{p['map_wall_s']:.2f}",
+                        f"{c['total']:.4f}",
+                        f"{p['peak_rss_mb']:.0f}",
+                        data["calibration"]["source"],
+                    ]
+                )
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a projection file of ours: nothing to show from it
+    if not rows:
+        return []
+    headers = ["file", "dataset", "partitions × ranks", "worker", "Map wall s", "cost $"]
+    headers += ["peak RSS MB", "calibration"]
+    return [("Projected to AWS (cosmicai project)", headers, rows)]
 
 
 _RANK_COLUMNS = [

@@ -278,5 +278,5 @@ ASTROMAE_INT8 = Calibration(
     rss_per_partition_mb=1.3,
     source="AstroMAE INT8 figures measured on this machine kind before the model landed: "
     "450 samples/s per vCPU, 1.0 s cold start (import 0.2 s load + ~0.8 s process and "
-    "package imports), 335 MB + 1.3 x partition MB peak RSS",
+    "package imports), 335 MB worker footprint",
 )
