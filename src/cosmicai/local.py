@@ -147,8 +147,15 @@ class _WorkerPool:
                 else:
                     break
                 item = queue.popleft()
+                try:
+                    worker.conn.send((item.model_dump(), environment))
+                except OSError:
+                    # The worker died while idle: the rank never reached it, so it waits for
+                    # the next worker rather than failing.
+                    queue.appendleft(item)
+                    self._died(worker, on_done)
+                    continue
                 worker.rank, worker.assigned_at = item.rank, time.time()
-                worker.conn.send((item.model_dump(), environment))
                 if self._on_rank_start is not None:
                     self._on_rank_start(item.rank, worker.process.pid or 0)
             watched: list[Any] = [w.conn for w in self._workers]
@@ -175,7 +182,11 @@ class _WorkerPool:
             return
         code = worker.process.exitcode
         if code is not None and code < 0:
-            how = f"was killed by {signal.Signals(-code).name}"
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            how = f"was killed by {name}"
             if -code == signal.SIGKILL:
                 how += " (killed, or out of memory)"
         else:
