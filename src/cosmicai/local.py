@@ -140,6 +140,9 @@ class _WorkerPool:
         while queue or any(w.rank is not None for w in self._workers):
             while queue:
                 idle = [w for w in self._workers if w.rank is None]
+                if idle and not idle[0].process.is_alive():
+                    self._died(idle[0], on_done)  # died while idle: it held no rank
+                    continue
                 if idle:
                     worker = idle[0]
                 elif len(self._workers) < self.size:

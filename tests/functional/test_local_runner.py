@@ -242,3 +242,45 @@ def test_a_killed_rank_process_fails_only_its_rank(rendered_store: Path) -> None
     rows = {r.rank: r for r in summary.ranks}
     assert rows[2].cold_start_s > 0 and rows[3].cold_start_s == 0.0
     assert "SIGKILL" in run.rank_errors[1]
+
+
+@pytest.mark.slow
+def test_a_worker_killed_while_idle_fails_no_rank(rendered_store: Path) -> None:
+    import os
+    import signal
+    import time
+
+    from cosmicai.local import _WorkerPool
+    from cosmicai.pipeline import initialize, load_manifest
+    from cosmicai.storage import open_storage
+
+    # GIVEN a planned run of 2 ranks on one worker, killed between its two ranks
+    storage = open_storage(str(rendered_store))
+    request = parse_request(
+        {"bucket": "survey", "data_prefix": "p", "world_size": 2, "run_id": "idle-kill"}
+    )
+    items = load_manifest(storage, initialize(request, storage))
+    pids: dict[int, int] = {}
+    outcomes: dict[int, str | None] = {}
+
+    def done(rank: int, error: str | None, lost: bool) -> None:
+        outcomes[rank] = error
+        if rank == 0:
+            os.kill(pids[0], signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # until it is gone (a zombie)
+                stat = Path(f"/proc/{pids[0]}/stat").read_text()
+                state = stat.rsplit(")", 1)[1].split()[0]
+                if state == "Z":
+                    break
+                time.sleep(0.01)
+
+    pool = _WorkerPool(1, str(rendered_store), request.model, 1, pids.__setitem__)
+    # WHEN the pool runs both ranks
+    try:
+        pool.run(items, {}, done)
+    finally:
+        pool.close()
+    # THEN the dead idle worker cost no rank: rank 1 ran in a fresh worker
+    assert outcomes == {0: None, 1: None}
+    assert pids[1] != pids[0]
