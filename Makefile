@@ -16,7 +16,7 @@ SAM_VENV ?= .venv-sam
 SAM_CLI_SPEC ?= aws-sam-cli==1.170.0
 STAMP_SAM := $(SAM_VENV)/.stamp-$(subst =,-,$(SAM_CLI_SPEC))
 
-.PHONY: demo test fast lint typecheck unit clean venv sam-build
+.PHONY: demo sweep test fast lint typecheck unit clean venv sam-build
 
 $(STAMP_RUN):
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,14 @@ sam-build: $(STAMP_SAM)
 
 demo: $(STAMP_RUN)
 	$(BIN)/cosmicai demo
+
+# CosmicAI's table on this machine, its report and the projection to AWS (docs/sweep/).
+sweep: $(STAMP_RUN)
+	$(BIN)/cosmicai bench sweep --out docs/sweep
+	$(BIN)/cosmicai report docs/sweep
+	$(BIN)/cosmicai project --sweep docs/sweep/sweep.json --out docs/sweep/projection.json
+	$(BIN)/cosmicai project --sweep docs/sweep/sweep.json --preset astromae-int8 \
+		--out docs/sweep/projection-astromae.json
 
 LINT_PATHS := src tests scripts functions benchmarks harness
 

@@ -362,6 +362,282 @@ def aws_summary(run_id: str, stack: StackOption) -> None:
     print_summary(summary, console)
 
 
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v.strip().removesuffix("MB")) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{what} must be comma-separated integers, not {text!r}") from None
+    if not values or any(v < 0 for v in values):
+        raise typer.BadParameter(f"{what} must be comma-separated non-negative integers")
+    return values
+
+
+@bench_app.command("sweep")
+def bench_sweep(
+    out: Annotated[Path, typer.Option(help="Folder for sweep.json, sweep.md.")] = Path(
+        "docs/sweep"
+    ),
+    workdir: Annotated[
+        Path, typer.Option(help="Where the generated dataset and runs are kept.")
+    ] = Path(".sweep"),
+    full: Annotated[
+        bool, typer.Option(help="The full sweep: 1 GB, world sizes 1,2,4,8,all, 3 repeats.")
+    ] = False,
+    model: Annotated[str, typer.Option(help="Model of every run.")] = "builtin:reference",
+    sizes: Annotated[str | None, typer.Option(help="Partition sizes in MB.")] = None,
+    world_sizes: Annotated[
+        str | None, typer.Option(help="World sizes; 0 means one rank per partition.")
+    ] = None,
+    dataset_mb: Annotated[int | None, typer.Option(min=1, help="Dataset size in MB.")] = None,
+    repeats: Annotated[int | None, typer.Option(min=1, help="Runs per cell.")] = None,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="Worker processes at once (default: the CPU count).")
+    ] = os.cpu_count() or 1,
+    memory_mb: Annotated[
+        int, typer.Option(min=128, max=10240, help="Configured Lambda memory, for the cost.")
+    ] = 2048,
+) -> None:
+    """CosmicAI's table on this machine: partition sizes x world sizes, each repeated; writes
+    JSON + markdown with the published table beside it. Small by default; --full for all."""
+    import shlex
+
+    from cosmicai.bench.sweep import SweepConfig, run_sweep, sweep_markdown
+
+    config = SweepConfig(model=model, concurrency=concurrency, memory_mb=memory_mb)
+    if full:
+        config.dataset_mb, config.repeats = 1024, 3
+        config.world_sizes = [1, 2, 4, 8, 0]
+    if sizes is not None:
+        config.partition_mb = _int_list(sizes, "--sizes")
+    if world_sizes is not None:
+        config.world_sizes = _int_list(world_sizes, "--world-sizes")
+    if dataset_mb is not None:
+        config.dataset_mb = dataset_mb
+    if repeats is not None:
+        config.repeats = repeats
+    if max(config.partition_mb) > config.dataset_mb or min(config.partition_mb) < 1:
+        raise typer.BadParameter(
+            f"partition sizes must be between 1 and the dataset size ({config.dataset_mb} MB)"
+        )
+    try:
+        result = run_sweep(config, workdir, say=console.print)
+    except CosmicAIError as exc:
+        _fail(exc)
+    result.command = "cosmicai " + shlex.join(sys.argv[1:]) if sys.argv[1:] else ""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(result.model_dump_json(indent=1))
+    (out / "sweep.md").write_text(sweep_markdown(result))
+    console.print(f"Sweep written to {out / 'sweep.json'} and {out / 'sweep.md'}")
+
+
+@app.command()
+def report(
+    path: Annotated[
+        Path, typer.Argument(help="A sweep.json (or its folder), or a local run's folder.")
+    ],
+    out: Annotated[Path | None, typer.Option(help="Folder for report.html and .md.")] = None,
+) -> None:
+    """One HTML page (and markdown) with the tables and figures of a run or a sweep."""
+    from cosmicai.page import render
+
+    try:
+        page, md = render(path, out)
+    except CosmicAIError as exc:
+        _fail(exc)
+    console.print(f"Report: {page} (and {md})")
+
+
+SweepFile = Annotated[
+    Path | None,
+    typer.Option("--sweep", help="A sweep.json whose measured profile calibrates the projection."),
+]
+PresetOption = Annotated[
+    str | None,
+    typer.Option(
+        help="'astromae-int8': AstroMAE's speed, start-up and footprint measured before its "
+        "model landed (the sweep's memory slope is kept when --sweep is given)."
+    ),
+]
+RateOption = Annotated[
+    float | None,
+    typer.Option(
+        "--samples-per-s-per-vcpu", min=0.001, help="Override the model's speed on one vCPU."
+    ),
+]
+ColdOption = Annotated[float | None, typer.Option(min=0, help="Override the cold start (s).")]
+S3RateOption = Annotated[float, typer.Option(min=0.001, help="S3 read rate per worker, MB/s.")]
+
+
+def _calibration(
+    sweep: Path | None, preset: str | None, rate: float | None, cold: float | None, s3: float
+) -> object:
+    from cosmicai.projection import ASTROMAE_INT8, Calibration, calibration_from_sweep
+
+    if sweep is None and preset is None and rate is None:
+        default = Path("docs/sweep/sweep.json")
+        if not default.exists():
+            raise typer.BadParameter(
+                "give --sweep SWEEP.json (from `cosmicai bench sweep`), --preset or "
+                "--samples-per-s-per-vcpu"
+            )
+        sweep = default
+    calibration: Calibration | None = None
+    if sweep is not None:
+        try:
+            calibration = calibration_from_sweep(str(sweep))
+        except (OSError, ValueError, KeyError) as exc:
+            raise typer.BadParameter(f"{sweep} is not a readable sweep.json: {exc}") from None
+    if preset is not None:
+        if preset != "astromae-int8":
+            raise typer.BadParameter(f"unknown preset {preset!r}; have: astromae-int8")
+        update: dict[str, object] = {}
+        if calibration is not None:
+            update["rss_per_partition_mb"] = calibration.rss_per_partition_mb
+            update["source"] = ASTROMAE_INT8.source + f"; memory slope from {sweep}"
+        calibration = ASTROMAE_INT8.model_copy(update=update)
+    if calibration is None:
+        calibration = ASTROMAE_INT8.model_copy(update={"source": "given on the command line"})
+    update = {"s3_mb_per_s": s3}
+    if rate is not None:
+        update["cpu_s_per_sample"] = 1 / rate
+        update["source"] = calibration.source + f"; speed {rate:g} samples/s per vCPU given"
+    if cold is not None:
+        update["cold_start_s"] = cold
+    return calibration.model_copy(update=update)
+
+
+@app.command()
+def project(
+    sweep: SweepFile = None,
+    preset: PresetOption = None,
+    samples_per_s_per_vcpu: RateOption = None,
+    cold_start_s: ColdOption = None,
+    s3_mb_per_s: S3RateOption = 90.0,
+    partition_mb: Annotated[float, typer.Option(min=1)] = 25,
+    memory_mb: Annotated[int, typer.Option(min=128, max=10240)] = 1769,
+    concurrency: Annotated[int, typer.Option(min=1)] = 1000,
+    world_size: Annotated[
+        int | None, typer.Option(min=1, help="Ranks (default one per partition).")
+    ] = None,
+    child_type: Annotated[str, typer.Option(help="EXPRESS or STANDARD children.")] = "EXPRESS",
+    dataset: Annotated[
+        str | None, typer.Option(help="Dataset size, e.g. 12.6GB (default: CosmicAI's and 1 TB).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the projection as JSON here.")] = None,
+) -> None:
+    """Project a run to AWS at full scale (Map wall-clock, cost, peak memory) from a measured
+    profile, with every assumption printed."""
+    from cosmicai.projection import ASSUMPTIONS, DATASETS, Calibration, Scenario
+    from cosmicai.projection import project as simulate
+
+    calibration = _calibration(sweep, preset, samples_per_s_per_vcpu, cold_start_s, s3_mb_per_s)
+    assert isinstance(calibration, Calibration)
+    if child_type not in ("EXPRESS", "STANDARD"):
+        raise typer.BadParameter(f"--child-type must be EXPRESS or STANDARD, not {child_type!r}")
+    datasets = {dataset: _size(dataset)} if dataset else DATASETS
+    results = []
+    for name, size in datasets.items():
+        p = simulate(
+            Scenario(
+                dataset_bytes=size,
+                partition_mb=partition_mb,
+                memory_mb=memory_mb,
+                world_size=world_size,
+                concurrency=concurrency,
+                map_child_type=child_type,  # type: ignore[arg-type]
+            ),
+            calibration,
+        )
+        results.append(p)
+        _print_projection(name, p)
+    console.print(f"Calibration: {calibration.source}", soft_wrap=True)
+    console.print(
+        f"  {1 / calibration.cpu_s_per_sample:,.0f} samples/s per vCPU, cold start "
+        f"{calibration.cold_start_s:.2f} s, RSS {calibration.rss_base_mb:.0f} MB + "
+        f"{calibration.rss_per_partition_mb:.2f} x partition MB, "
+        f"S3 {calibration.s3_mb_per_s:g} MB/s"
+    )
+    console.print("Assumptions:")
+    for key, text in ASSUMPTIONS.items():
+        console.print(f"  - {key}: {text}", soft_wrap=True)
+    if out is not None:
+        import json
+
+        out.write_text(
+            json.dumps(
+                {
+                    "calibration": calibration.model_dump(),
+                    "assumptions": ASSUMPTIONS,
+                    "projections": [
+                        {"dataset": n, **p.model_dump()}
+                        for n, p in zip(datasets, results, strict=True)
+                    ],
+                },
+                indent=1,
+            )
+        )
+
+
+def _print_projection(name: str, p: object) -> None:
+    from cosmicai.projection import Projection
+
+    assert isinstance(p, Projection)
+    s, c = p.scenario, p.cost
+    fit = "" if p.fits else " [red](does not fit in memory)[/]"
+    console.print(
+        f"[bold]{name}[/]: {p.partitions:,} partitions of {s.partition_mb:g} MB, "
+        f"{p.world_size:,} ranks, {s.memory_mb:,} MB ({p.vcpu:.2f} vCPU, {p.threads} thread(s)), "
+        f"concurrency {s.concurrency:,}, {s.map_child_type} children\n"
+        f"  Map wall-clock {p.map_wall_s:.2f} s (rank p50 {p.rank_s_p50:.2f} s, max "
+        f"{p.rank_s_max:.2f} s), {p.gbit_per_s:.2f} Gbit/s; peak RSS {p.peak_rss_mb:.0f} MB"
+        f"{fit}\n"
+        f"  cost ${c.total:.4f} (Lambda ${c.lambda_compute + c.lambda_requests:.4f} of which "
+        f"INIT {c.init_gb_seconds:,.0f} of {c.billed_gb_seconds:,.0f} GB-s; Step Functions "
+        f"${c.step_functions:.4f}; S3 ${c.s3_requests:.4f}; prices {c.prices_date})",
+        soft_wrap=True,
+    )
+
+
+@app.command("plan-aws")
+def plan_aws(
+    deadline: Annotated[float, typer.Option(min=0.1, help="Map wall-clock limit, seconds.")],
+    budget: Annotated[float, typer.Option(min=0, help="Cost limit of the run, dollars.")],
+    sweep: SweepFile = None,
+    preset: PresetOption = None,
+    samples_per_s_per_vcpu: RateOption = None,
+    cold_start_s: ColdOption = None,
+    s3_mb_per_s: S3RateOption = 90.0,
+    dataset: Annotated[str, typer.Option(help="Dataset size.")] = "12.6GB",
+    concurrency: Annotated[int, typer.Option(min=1, help="Account concurrency limit.")] = 1000,
+    show: Annotated[int, typer.Option(min=0, help="Runner-up options shown.")] = 4,
+) -> None:
+    """Pick partition size x memory x world size x child type for a deadline and a budget
+    (cheapest that meets both), with its predicted time and cost and the runners-up."""
+    from cosmicai.projection import Calibration, plan_grid
+
+    calibration = _calibration(sweep, preset, samples_per_s_per_vcpu, cold_start_s, s3_mb_per_s)
+    assert isinstance(calibration, Calibration)
+    choice = plan_grid(
+        _size(dataset), calibration, deadline_s=deadline, budget=budget, concurrency=concurrency
+    )
+    console.print(
+        f"{len(choice.feasible)} of {choice.considered} configurations meet "
+        f"{deadline:g} s and ${budget:g} for {dataset} (calibration: {calibration.source})",
+        soft_wrap=True,
+    )
+    if not choice.feasible:
+        for label, p in (("fastest", choice.fastest), ("cheapest", choice.cheapest)):
+            if p is not None:
+                _print_projection(f"Closest ({label})", p)
+        err_console.print("[bold red]error:[/] no configuration meets the deadline and budget")
+        raise typer.Exit(1)
+    _print_projection("Choice", choice.feasible[0])
+    for i, p in enumerate(choice.feasible[1 : 1 + show], start=2):
+        _print_projection(f"Runner-up {i}", p)
+    if choice.fastest is not None and choice.fastest not in choice.feasible[: 1 + show]:
+        _print_projection("Fastest of all (for comparison)", choice.fastest)
+
+
 def main() -> None:  # pragma: no cover - console entry point for `python -m cosmicai`
     try:
         app()

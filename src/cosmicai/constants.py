@@ -27,6 +27,8 @@ ENV_RESULTS_PREFIX = "COSMICAI_RESULTS_PREFIX"
 ENV_ARCHITECTURE = "COSMICAI_ARCHITECTURE"
 #: The Distributed Map's MaxConcurrency: a communicator needs every rank alive at once.
 ENV_MAX_CONCURRENCY = "COSMICAI_MAX_CONCURRENCY"
+#: The Distributed Map's child execution type (STANDARD or EXPRESS), for the cost estimate.
+ENV_MAP_CHILD_TYPE = "COSMICAI_MAP_CHILD_TYPE"
 #: host:port of the rendezvous server workers use to punch direct links (set by the template
 #: when RendezvousEnabled, and by the local runner, which starts one).
 ENV_RENDEZVOUS = "COSMICAI_RENDEZVOUS"

@@ -1,7 +1,11 @@
-"""Running a whole run on one machine: Initialize, every rank as its own process, Summarize.
+"""Running a whole run on one machine: Initialize, the ranks in worker processes, Summarize.
 
-Each rank runs in a fresh process (like a cold Lambda), ``workers`` at a time (like the
-Map's MaxConcurrency), so per-rank timings and peak memory mean what they would on Lambda.
+Ranks run ``workers`` at a time (like the Map's MaxConcurrency) in worker processes that behave
+like Lambda containers: a fresh process starts, imports the package and loads the model (its
+cold start, recorded on the first rank it runs and billed like Lambda's INIT), then runs rank
+after rank while it is warm. Peak RSS is the process's, as Lambda's "max memory used" is the
+container's. A worker that dies (SIGKILL, as the OOM killer sends) fails only the rank it held,
+named with the signal; a fresh cold worker takes the remaining ranks.
 """
 
 from __future__ import annotations
@@ -9,12 +13,16 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import signal
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing import get_context
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as connection_wait
+from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
 from cosmicai.constants import ENV_RENDEZVOUS, ENV_RENDEZVOUS_SECRET
@@ -30,11 +38,10 @@ from cosmicai.pipeline import (
     load_manifest,
     load_plan,
     read_rank_result,
-    run_rank,
     summarize,
 )
 from cosmicai.request import revalidate
-from cosmicai.run_types import RunLayout, RunPointer, Summary, WorkItem
+from cosmicai.run_types import RankResult, RunLayout, RunPointer, Summary, WorkItem
 from cosmicai.storage import Storage, open_storage
 
 if TYPE_CHECKING:
@@ -57,14 +64,171 @@ class LocalRun:
     concurrency: int = 0
 
 
-def _rank_process(
-    storage_spec: str, item: dict[str, Any], environment: dict[str, str]
-) -> dict[str, Any]:
-    """Entry point of a rank's process; returns the rank result as plain data."""
-    # Passed per task rather than set in the parent, so a secret never lingers there.
-    os.environ.update(environment)
-    storage = open_storage(storage_spec)
-    return run_rank(WorkItem.model_validate(item), storage).model_dump()
+def _worker_main(
+    conn: Connection, spawned_at: float, storage_spec: str, model: str, threads: int
+) -> None:
+    """A worker process: start up like a Lambda container's INIT, then run ranks until told
+    to stop. The first rank it runs carries the start-up time as its cold start."""
+    # A Lambda worker has a vCPU share, not the host: keep numeric libraries single-threaded
+    # unless the request asks ONNX Runtime for more.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from cosmicai.model import get_model
+    from cosmicai.pipeline import run_rank
+
+    with contextlib.suppress(Exception):
+        # Loaded here so a warm worker's ranks reuse it; a model that fails to load fails
+        # each rank, with its reason, when the rank asks for it.
+        get_model(model, threads=threads, storage=open_storage(storage_spec))
+    cold_start_s = time.time() - spawned_at
+    cold_start_cpu_s = time.process_time()
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        item, environment = task
+        # Passed per task rather than inherited, so a secret never lingers in the parent.
+        os.environ.update(environment)
+        try:
+            # A storage per rank, as a Lambda invocation makes: request counts are the rank's.
+            result = run_rank(
+                WorkItem.model_validate(item),
+                open_storage(storage_spec),
+                cold_start_s=cold_start_s,
+                cold_start_cpu_s=cold_start_cpu_s,
+            )
+            conn.send(("ok", result.model_dump()))
+        except CosmicAIError as exc:
+            conn.send(("error", str(exc)))
+        except Exception as exc:
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        cold_start_s = cold_start_cpu_s = 0.0
+
+
+@dataclass
+class _Worker:
+    process: BaseProcess
+    conn: Connection
+    rank: int | None = None
+    assigned_at: float = 0.0
+
+
+class _WorkerPool:
+    """At most ``size`` worker processes, each reused for rank after rank while it lives (as
+    Lambda reuses a warm container); a worker that dies fails only the rank it held and is
+    replaced by a fresh, cold one when there is more work."""
+
+    def __init__(
+        self,
+        size: int,
+        storage_spec: str,
+        model: str,
+        threads: int,
+        on_rank_start: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.size = size
+        self._args = (storage_spec, model, threads)
+        self._context = get_context("spawn")
+        self._workers: list[_Worker] = []
+        self._on_rank_start = on_rank_start
+
+    def _spawn(self) -> _Worker:
+        parent, child = self._context.Pipe()
+        process = self._context.Process(
+            target=_worker_main, args=(child, time.time(), *self._args), daemon=True
+        )
+        process.start()
+        child.close()
+        worker = _Worker(process, parent)
+        self._workers.append(worker)
+        return worker
+
+    def run(
+        self,
+        items: list[WorkItem],
+        environment: dict[str, str],
+        on_done: Callable[[int, str | None, bool], None],
+    ) -> None:
+        """Run every item; ``on_done(rank, error, lost)`` after each: error is None when the
+        rank succeeded, lost is true when its process died without a word."""
+        queue = deque(items)
+        while queue or any(w.rank is not None for w in self._workers):
+            while queue:
+                idle = [w for w in self._workers if w.rank is None]
+                if idle and not idle[0].process.is_alive():
+                    self._died(idle[0], on_done)  # died while idle: it held no rank
+                    continue
+                if idle:
+                    worker = idle[0]
+                elif len(self._workers) < self.size:
+                    worker = self._spawn()
+                else:
+                    break
+                item = queue.popleft()
+                try:
+                    worker.conn.send((item.model_dump(), environment))
+                except OSError:
+                    # The worker died while idle: the rank never reached it, so it waits for
+                    # the next worker rather than failing.
+                    queue.appendleft(item)
+                    self._died(worker, on_done)
+                    continue
+                worker.rank, worker.assigned_at = item.rank, time.time()
+                if self._on_rank_start is not None:
+                    self._on_rank_start(item.rank, worker.process.pid or 0)
+            watched: list[Any] = [w.conn for w in self._workers]
+            watched += [w.process.sentinel for w in self._workers]
+            ready = set(connection_wait(watched))
+            for worker in list(self._workers):
+                if worker.conn in ready:
+                    try:
+                        status, payload = worker.conn.recv()
+                    except (EOFError, OSError):
+                        self._died(worker, on_done)
+                        continue
+                    rank, worker.rank = worker.rank, None
+                    if rank is not None:
+                        on_done(rank, None if status == "ok" else str(payload), False)
+                elif worker.process.sentinel in ready:
+                    self._died(worker, on_done)
+
+    def _died(self, worker: _Worker, on_done: Callable[[int, str | None, bool], None]) -> None:
+        worker.process.join()
+        self._workers.remove(worker)
+        worker.conn.close()
+        if worker.rank is None:
+            return
+        code = worker.process.exitcode
+        if code is not None and code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            how = f"was killed by {name}"
+            if -code == signal.SIGKILL:
+                how += " (killed, or out of memory)"
+        else:
+            how = f"exited with status {code}"
+        on_done(
+            worker.rank,
+            f"rank {worker.rank}'s worker process (pid {worker.process.pid}) {how}",
+            True,
+        )
+
+    def close(self) -> None:
+        for worker in self._workers:
+            with contextlib.suppress(OSError):
+                worker.conn.send(None)
+        deadline = time.monotonic() + 10
+        for worker in self._workers:
+            worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+            worker.conn.close()
+        self._workers.clear()
 
 
 class LocalRendezvous:
@@ -133,12 +297,6 @@ class LocalRendezvous:
         self._thread.join(timeout=30)
 
 
-def _rank_environment() -> None:
-    # A Lambda worker has a vCPU share, not the host: keep numeric libraries single-threaded
-    # unless the request asks ONNX Runtime for more.
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-
 def local_concurrency(request: RunRequest, workers: int) -> int:
     """Ranks a local run runs at once: ``--workers``, lowered by the request's
     ``max_concurrency`` when it asks for fewer (it is a ceiling, as the Map's is)."""
@@ -154,6 +312,7 @@ def run_local(
     workers: int = 2,
     console: Console | None = None,
     resume: bool = False,
+    on_rank_start: Callable[[int, int], None] | None = None,
 ) -> LocalRun:
     """Run ``request`` end to end against ``storage_spec`` (``s3`` or a local directory).
 
@@ -162,6 +321,7 @@ def run_local(
     kept and only the ranks without an ok result run again (every rank, for a communicator
     run: a reduction needs them all), and Summarize writes the summary anew. With
     ``communicator: direct`` a rendezvous server runs on loopback for the run's ranks.
+    ``on_rank_start(rank, pid)`` is told which worker process took each rank.
     """
     storage = open_storage(storage_spec)
     environment: dict[str, str] = {}
@@ -175,7 +335,14 @@ def run_local(
         if rendezvous is not None:
             environment = stack.enter_context(rendezvous)
         return _run_stages(
-            request, storage, storage_spec, concurrency, environment, console, pointer
+            request,
+            storage,
+            storage_spec,
+            concurrency,
+            environment,
+            console,
+            pointer,
+            on_rank_start,
         )
 
 
@@ -213,6 +380,30 @@ def _existing_run(request: RunRequest, storage: Storage, resume: bool) -> RunPoi
     return existing_pointer(storage, request.bucket, layout.run_prefix)
 
 
+def _record_lost_rank(
+    storage: Storage, pointer: RunPointer, layout: RunLayout, rank: int, error: str
+) -> None:
+    """Write a failed result for a rank whose process died before it could write one (as the
+    Map records a failed child), so Summarize names the rank and the signal."""
+    key = layout.rank_result(rank)
+    with contextlib.suppress(ObjectNotFoundError):
+        previous = RankResult.model_validate_json(storage.get(pointer.bucket, key))
+        if previous.status == "ok":
+            return
+    now = time.time()
+    lost = RankResult(
+        run_id=pointer.run_id,
+        rank=rank,
+        status="failed",
+        attempt="lost",
+        started_at=now,
+        finished_at=now,
+        peak_rss_mb=0.0,
+        error=error,
+    )
+    storage.put(pointer.bucket, key, lost.model_dump_json(indent=2).encode())
+
+
 def _run_stages(
     request: RunRequest,
     storage: Storage,
@@ -221,6 +412,7 @@ def _run_stages(
     environment: dict[str, str],
     console: Console | None,
     resumed: RunPointer | None,
+    on_rank_start: Callable[[int, int], None] | None = None,
 ) -> LocalRun:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -244,27 +436,26 @@ def _run_stages(
         elif resumed is not None:
             _forget_reduction(storage, pointer)
         stage = bar.add_task("Distributed Test", total=len(items))
-        with ProcessPoolExecutor(
-            max_workers=max(1, min(workers, len(items))),
-            mp_context=get_context("spawn"),
-            max_tasks_per_child=1,
-            initializer=_rank_environment,
-        ) as pool:
-            pending: dict[Future[dict[str, Any]], int] = {
-                pool.submit(_rank_process, storage_spec, item.model_dump(), environment): item.rank
-                for item in items
-            }
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    rank = pending.pop(future)
-                    try:
-                        future.result()
-                    except CosmicAIError as exc:
-                        errors[rank] = str(exc)
-                    except BrokenProcessPool:
-                        errors[rank] = "the rank's process died (killed or out of memory)"
-                    bar.advance(stage)
+        layout = RunLayout(pointer.run_prefix)
+
+        def done(rank: int, error: str | None, lost: bool) -> None:
+            if error is not None:
+                errors[rank] = error
+            if lost and error is not None:
+                _record_lost_rank(storage, pointer, layout, rank, error)
+            bar.advance(stage)
+
+        pool = _WorkerPool(
+            max(1, min(workers, len(items))),
+            storage_spec,
+            request.model,
+            request.ort_threads,
+            on_rank_start,
+        )
+        try:
+            pool.run(items, environment, done)
+        finally:
+            pool.close()
         stage = bar.add_task("Summarize", total=1)
         summary = summarize(pointer, storage, extra_durations_s=(init_s,))
         bar.advance(stage)

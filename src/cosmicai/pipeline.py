@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import resource
 import sys
 import time
@@ -20,6 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cosmicai import plots
+from cosmicai.constants import ENV_MAP_CHILD_TYPE
 from cosmicai.cost import billed_ms, estimate_cost
 from cosmicai.data.format import decode_partition, decode_tensors, encode_tensors
 from cosmicai.data.partitioner import DATASET_INDEX, list_numbered
@@ -281,7 +283,9 @@ def load_manifest(storage: Storage, pointer: RunPointer) -> list[WorkItem]:
 # -- Worker --------------------------------------------------------------------------------
 
 
-def run_rank(item: WorkItem, storage: Storage) -> RankResult:
+def run_rank(
+    item: WorkItem, storage: Storage, *, cold_start_s: float = 0.0, cold_start_cpu_s: float = 0.0
+) -> RankResult:
     """Infer every partition of one rank and write its predictions and result.
 
     The predictions go to a file named by this attempt, then the result (which names that
@@ -290,10 +294,12 @@ def run_rank(item: WorkItem, storage: Storage) -> RankResult:
     :class:`RankFailedError` (a subclass naming the cause: see :func:`rank_error`), so the Map
     counts it and Summarize can name it. An earlier attempt's predictions stay: a Summarize
     may have read the result naming them a moment ago; Summarize removes them.
+    ``cold_start_s`` is the worker's start-up before this handler ran (0 when warm), and
+    ``cold_start_cpu_s`` the CPU time it took.
     """
     started_at, start = time.time(), time.perf_counter()
     attempt = new_attempt()
-    timings = Timings()
+    timings = Timings(cold_start_s=cold_start_s, cold_start_cpu_s=cold_start_cpu_s)
     n_partitions = n_samples = n_bytes = 0
 
     def result(
@@ -337,11 +343,12 @@ def run_rank(item: WorkItem, storage: Storage) -> RankResult:
             t0 = time.perf_counter()
             raw = storage.get(plan.data_bucket, ref.key)
             partition = decode_partition(raw, name=f"partition {plan.data_bucket}/{ref.key}")
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             for batch in partition.batches(request.batch_size):
                 chunks["z_pred"].append(model.predict(batch.images, batch.magnitudes))
             timings.read_s += t1 - t0
             timings.inference_s += time.perf_counter() - t1
+            timings.inference_cpu_s += time.process_time() - c1
             chunks["object_id"].append(np.array(partition.object_id))
             chunks["redshift"].append(
                 np.array(partition.redshift)
@@ -506,8 +513,10 @@ def summarize(
     for r in reported:
         requests.update(r.s3_requests)
     durations = [r.timings.total_s for r in reported] + list(extra_durations_s)
+    # The Map's wall-clock starts when the first worker started, cold start included.
     map_wall = (
-        max(r.finished_at for r in reported) - min(r.started_at for r in reported)
+        max(r.finished_at for r in reported)
+        - min(r.started_at - r.timings.cold_start_s for r in reported)
         if reported
         else 0.0
     )
@@ -528,6 +537,10 @@ def summarize(
             architecture=request.architecture,
             world_size=plan.world_size,
             s3_requests=requests,
+            init_s=[r.timings.cold_start_s for r in reported],
+            map_child_type=_map_child_type(),
+            child_durations_s=[r.timings.total_s + r.timings.cold_start_s for r in reported],
+            rendezvous_s=map_wall if request.communicator == "direct" else 0.0,
         ),
     )
     outputs = {
@@ -602,6 +615,12 @@ def _remove_superseded_predictions(
         logger.warning("could not remove superseded predictions: %s", exc)
 
 
+def _map_child_type() -> Literal["STANDARD", "EXPRESS"]:
+    # Set by the template from its MapChildType parameter; local runs price STANDARD children.
+    value = os.environ.get(ENV_MAP_CHILD_TYPE, "STANDARD").strip().upper()
+    return "EXPRESS" if value == "EXPRESS" else "STANDARD"
+
+
 def _row(rank: int, result: RankResult | None, failure: str | None) -> RankRow:
     if result is None:
         return RankRow(
@@ -628,7 +647,8 @@ def _row(rank: int, result: RankResult | None, failure: str | None) -> RankRow:
         inference_s=result.timings.inference_s,
         write_s=result.timings.write_s,
         total_s=result.timings.total_s,
-        billed_ms=billed_ms(result.timings.total_s),
+        cold_start_s=result.timings.cold_start_s,
+        billed_ms=billed_ms(result.timings.total_s, result.timings.cold_start_s),
         peak_rss_mb=result.peak_rss_mb,
         error=failure,
     )

@@ -86,11 +86,16 @@ def _performance_rows(summary: Summary) -> list[tuple[str, str]]:
         ("slowest / mean rank", f"{p.max_rank_s:.2f} s / {p.mean_rank_s:.2f} s"),
         ("peak RSS (max rank)", f"{p.max_peak_rss_mb:,.0f} MB"),
         ("configured memory", f"{p.memory_mb:,} MB"),
-        ("billed GB-seconds", f"{c.billed_gb_seconds:,.3f}"),
+        (
+            "billed GB-seconds",
+            f"{c.billed_gb_seconds:,.3f} (of which cold starts {c.init_gb_seconds:,.3f}, "
+            f"{c.cold_starts} cold)",
+        ),
         (
             f"AWS cost ({c.region}, prices {c.prices_date})",
             f"${c.total:.6f} (Lambda ${c.lambda_compute + c.lambda_requests:.6f}, "
-            f"Step Functions ${c.step_functions:.6f}, S3 ${c.s3_requests:.6f})",
+            f"Step Functions ${c.step_functions:.6f} {c.map_child_type} children, "
+            f"S3 ${c.s3_requests:.6f}" + (f", Fargate ${c.fargate:.6f}" if c.fargate else "") + ")",
         ),
     ]
 
@@ -111,14 +116,18 @@ def summary_markdown(summary: Summary) -> str:
     lines += [
         "## Ranks",
         "",
-        "| rank | status | partitions | samples | read s | inference s | write s | total s "
-        "| peak RSS MB |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "Handler time (total) excludes the cold start (process start, imports, model load), "
+        "which a worker pays once before its first rank; Lambda bills both.",
+        "",
+        "| rank | status | partitions | samples | cold start s | read s | inference s | write s "
+        "| handler s | billed ms | peak RSS MB |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in summary.ranks:
         lines.append(
-            f"| {r.rank} | {r.status} | {r.partitions} | {r.samples} | {r.read_s:.3f} | "
-            f"{r.inference_s:.3f} | {r.write_s:.3f} | {r.total_s:.3f} | {r.peak_rss_mb:.0f} |"
+            f"| {r.rank} | {r.status} | {r.partitions} | {r.samples} | {r.cold_start_s:.3f} | "
+            f"{r.read_s:.3f} | {r.inference_s:.3f} | {r.write_s:.3f} | {r.total_s:.3f} | "
+            f"{r.billed_ms} | {r.peak_rss_mb:.0f} |"
         )
     if summary.ignored_fields:
         lines += ["", f"Ignored request fields: {', '.join(summary.ignored_fields)}"]
@@ -146,9 +155,10 @@ def print_summary(summary: Summary, console: Console, *, max_rank_rows: int = 16
         "status",
         "partitions",
         "samples",
+        "cold s",
         "read s",
         "infer s",
-        "total s",
+        "handler s",
         "peak RSS MB",
     ):
         ranks.add_column(column, justify="right")
@@ -159,6 +169,7 @@ def print_summary(summary: Summary, console: Console, *, max_rank_rows: int = 16
             r.status,
             str(r.partitions),
             f"{r.samples:,}",
+            f"{r.cold_start_s:.3f}",
             f"{r.read_s:.3f}",
             f"{r.inference_s:.3f}",
             f"{r.total_s:.3f}",

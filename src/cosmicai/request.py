@@ -34,6 +34,7 @@ from pydantic import (
 
 from cosmicai.constants import BUILTIN_MODEL_PREFIX, DEFAULT_MODEL, DEFAULT_RUNS_PREFIX
 from cosmicai.exceptions import InvalidRequestError
+from cosmicai.layout import ATTEMPT_LENGTH, RunLayout
 from cosmicai.model import builtin_models
 from cosmicai.storage import as_prefix
 
@@ -198,8 +199,6 @@ class RunRequest(BaseModel):
     def _keys_fit(self) -> RunRequest:
         # The longest key a run writes is a rank's predictions file; S3 refuses it past 1,024
         # bytes, which would fail every rank after the whole inference.
-        from cosmicai.run_types import ATTEMPT_LENGTH, RunLayout
-
         longest = RunLayout(self.run_prefix).predictions(99999, "0" * ATTEMPT_LENGTH)
         size = len(longest.encode())
         if size > MAX_KEY_BYTES:

@@ -2,7 +2,8 @@
 
 The bottom floor of a run: the stages (:mod:`cosmicai.pipeline`), the workers' reduction
 (:mod:`cosmicai.reduction`), the reports and figures all import these types from here, and
-every object key a run writes comes from :class:`RunLayout`. Everything a run writes lives
+every object key a run writes comes from :class:`RunLayout` (:mod:`cosmicai.layout`,
+re-exported here). Everything a run writes lives
 below its own prefix ``<result_path><run_id>/`` in the request's bucket::
 
     request.json                     the normalised request
@@ -17,19 +18,19 @@ below its own prefix ``<result_path><run_id>/`` in the request's bucket::
 
 from __future__ import annotations
 
-import re
-import secrets
-import time
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from cosmicai.cost import CostEstimate
+
+# Re-exported: a run's types and its keys are one import for the stages.
+from cosmicai.layout import ATTEMPT_LENGTH as ATTEMPT_LENGTH
+from cosmicai.layout import RunLayout as RunLayout
+from cosmicai.layout import new_attempt as new_attempt
 from cosmicai.metrics import RedshiftMetrics
 from cosmicai.request import RunRequest
-from cosmicai.storage import join_key
 
 
 class PartitionRef(BaseModel):
@@ -96,8 +97,16 @@ class WorkItem(BaseModel):
 
 
 class Timings(BaseModel):
+    #: Process start + imports + model load before this rank's handler ran, when the rank
+    #: ran in a fresh (cold) worker; 0 in a warm one. Lambda bills it as INIT.
+    cold_start_s: float = 0.0
+    #: CPU time of that start-up: unlike its wall time, not stretched by a busy machine.
+    cold_start_cpu_s: float = 0.0
     read_s: float = 0.0
     inference_s: float = 0.0
+    #: CPU time of the process during inference: unlike wall time, it does not grow when
+    #: other work shares the cores, so it calibrates the projection to a Lambda vCPU.
+    inference_cpu_s: float = 0.0
     write_s: float = 0.0
     total_s: float = 0.0
 
@@ -143,6 +152,7 @@ class RankRow(BaseModel):
     inference_s: float
     write_s: float
     total_s: float
+    cold_start_s: float = 0.0
     billed_ms: int
     peak_rss_mb: float
     error: str | None = None
@@ -219,17 +229,6 @@ PREDICTIONS: dict[str, tuple[str, tuple[int, ...]]] = {
 }
 
 
-#: Length of an attempt id (see :func:`new_attempt`).
-ATTEMPT_LENGTH = 18
-_PREDICTIONS_FILE = re.compile(rf"predictions-([0-9a-f]{{{ATTEMPT_LENGTH}}})\.safetensors")
-
-
-def new_attempt() -> str:
-    """An id for one attempt of a rank: milliseconds since the epoch then random digits, in
-    hex, so attempts sort by when they started (Summarize tidies away the older ones)."""
-    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(3)}"
-
-
 def prediction_dtype(name: str) -> np.dtype[Any]:
     """The numpy dtype of predictions tensor ``name``."""
     return np.dtype({"F32": "<f4", "I32": "<i4", "I64": "<i8"}[PREDICTIONS[name][0]])
@@ -238,65 +237,3 @@ def prediction_dtype(name: str) -> np.dtype[Any]:
 def empty_predictions() -> dict[str, np.ndarray[Any, Any]]:
     """A predictions mapping with no samples (a rank with nothing to contribute)."""
     return {name: np.zeros(0, prediction_dtype(name)) for name in PREDICTIONS}
-
-
-@dataclass(frozen=True)
-class RunLayout:
-    """The object keys of one run, below ``run_prefix`` (which ends with ``/``)."""
-
-    run_prefix: str
-
-    def key(self, name: str) -> str:
-        return join_key(self.run_prefix, name)
-
-    @property
-    def request(self) -> str:
-        return self.key("request.json")
-
-    @property
-    def plan(self) -> str:
-        return self.key("plan.json")
-
-    @property
-    def manifest(self) -> str:
-        return self.key("manifest.json")
-
-    def rank_prefix(self, rank: int) -> str:
-        return self.key(f"ranks/{rank:05d}/")
-
-    def rank_result(self, rank: int) -> str:
-        return join_key(self.rank_prefix(rank), "result.json")
-
-    def predictions(self, rank: int, attempt: str) -> str:
-        return join_key(self.rank_prefix(rank), f"predictions-{attempt}.safetensors")
-
-    def predictions_attempt(self, rank: int, key: str) -> str | None:
-        """The attempt whose predictions file ``key`` is (None for any other key)."""
-        prefix = self.rank_prefix(rank)
-        if not key.startswith(prefix):
-            return None
-        match = _PREDICTIONS_FILE.fullmatch(key[len(prefix) :])
-        return match.group(1) if match else None
-
-    @property
-    def comm_prefix(self) -> str:
-        return self.key("comm/")
-
-    @property
-    def reduced(self) -> str:
-        return self.key("reduced.json")
-
-    @property
-    def summary_json(self) -> str:
-        return self.key("summary.json")
-
-    @property
-    def summary_md(self) -> str:
-        return self.key("summary.md")
-
-    @property
-    def predictions_csv(self) -> str:
-        return self.key("predictions.csv")
-
-    def plot(self, name: str) -> str:
-        return self.key(f"plots/{name}")

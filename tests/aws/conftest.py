@@ -112,8 +112,12 @@ def s3_client(sfn: Any) -> Any:
     return boto3.client("s3", region_name="us-east-1")
 
 
-@pytest.fixture
-def state_machine(sfn: Any, data_bucket: Any) -> str:
+@pytest.fixture(params=["STANDARD", "EXPRESS"])
+def state_machine(
+    request: pytest.FixtureRequest, sfn: Any, data_bucket: Any, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """The production ASL with either child type; every state-machine test runs both."""
+    child_type: str = request.param
     lam = boto3.client("lambda", region_name="us-east-1")
     boto3.client("iam").create_role(
         RoleName="cosmicai-test",
@@ -143,8 +147,20 @@ def state_machine(sfn: Any, data_bucket: Any) -> str:
             Code={"ZipFile": archive.getvalue()},
         )["FunctionArn"]
     definition = render_definition(
-        {**arns, "MaxConcurrency": "4", "ToleratedFailurePercentage": "0"}
+        {
+            **arns,
+            "MaxConcurrency": "4",
+            "MapChildType": child_type,
+            "ToleratedFailurePercentage": "0",
+        }
     )
+    processor = definition["States"]["Distributed Test"]["ItemProcessor"]["ProcessorConfig"]
+    assert processor["ExecutionType"] == child_type
+    # moto's interpreter runs only STANDARD children: the EXPRESS definition's children run
+    # as STANDARD there, while the functions are told EXPRESS (as the template tells them) so
+    # Summarize prices them as such.
+    processor["ExecutionType"] = "STANDARD"
+    monkeypatch.setenv("COSMICAI_MAP_CHILD_TYPE", child_type)
     # moto's interpreter reads an integer ToleratedFailurePercentage as invalid; Step
     # Functions accepts both, so the test hands it a float.
     distributed = definition["States"]["Distributed Test"]

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from cosmicai.exceptions import InvalidRequestError, RankFailedError
+from cosmicai.run_types import RunLayout
 from harness.aws import DATA_BUCKET, PARTITION_SAMPLES, FakeLambdaContext, Handler, event
 
 
@@ -105,3 +106,29 @@ def test_failing_rank_raises_rank_failed(handlers: dict[str, Handler], data_buck
     data_bucket.put_object(Bucket=DATA_BUCKET, Key="25MB/1.safetensors", Body=b"broken")
     with pytest.raises(RankFailedError, match=r"25MB/1\.safetensors"):
         handlers["worker"](event("worker.json"), FakeLambdaContext())
+
+
+def test_first_invocation_of_a_container_carries_its_cold_start(
+    handlers: dict[str, Handler], data_bucket: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cosmicai.aws import stages
+
+    # GIVEN a fresh container (no invocation served yet)
+    monkeypatch.setattr(stages, "_served", False)
+    context = FakeLambdaContext()
+    handlers["initialize"](event("initialize.json"), context)
+    worker = event("worker.json")
+    # WHEN it serves two ranks
+    for rank in (0, 1):
+        handlers["worker"]({**worker, "rank": rank}, context)
+    # THEN only the first rank's result carries the process's start-up (Lambda bills INIT once)
+    first, second = (
+        json.loads(
+            data_bucket.get_object(
+                Bucket=DATA_BUCKET, Key=RunLayout(worker["run_prefix"]).rank_result(rank)
+            )["Body"].read()
+        )["timings"]["cold_start_s"]
+        for rank in (0, 1)
+    )
+    assert 0 < first <= stages.process_age_s()
+    assert second == 0.0

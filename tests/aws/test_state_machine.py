@@ -9,6 +9,7 @@ in the production ASL (DESIGN.md §7).
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from harness.aws import DATA_BUCKET, PARTITION_SAMPLES, event, run_execution
@@ -28,6 +29,10 @@ def test_successful_run_with_several_ranks(sfn: Any, state_machine: str, data_bu
     )
     assert summary["world_size"] == 2
     assert summary["ranks_ok"] == 2
+    # and the bill prices the Map's children as the template's parameter says
+    cost = summary["performance"]["cost"]
+    assert cost["map_child_type"] == os.environ["COSMICAI_MAP_CHILD_TYPE"]
+    assert cost["step_functions"] > 0
     # and the Map ran one child per rank
     (map_run,) = sfn.list_map_runs(executionArn=execution["executionArn"])["mapRuns"]
     counts = sfn.describe_map_run(mapRunArn=map_run["mapRunArn"])["itemCounts"]

@@ -84,6 +84,7 @@ def test_state_machine_definition_passes_cfn_lint() -> None:
             "WorkerFunctionArn": FAKE_ARN.format("worker"),
             "SummarizeFunctionArn": FAKE_ARN.format("summarize"),
             "MaxConcurrency": "100",
+            "MapChildType": "EXPRESS",
             "ToleratedFailurePercentage": "5",
         }
     )
@@ -103,13 +104,15 @@ def test_state_machine_definition_passes_cfn_lint() -> None:
     assert [str(m) for m in matches] == []
 
 
-def test_every_task_retries_lambda_transient_errors() -> None:
+@pytest.mark.parametrize("child_type", ["STANDARD", "EXPRESS"])
+def test_every_task_retries_lambda_transient_errors(child_type: str) -> None:
     definition = render_definition(
         {
             "InitializeFunctionArn": "a",
             "WorkerFunctionArn": "b",
             "SummarizeFunctionArn": "c",
             "MaxConcurrency": "1",
+            "MapChildType": child_type,
             "ToleratedFailurePercentage": "0",
         }
     )
@@ -126,7 +129,7 @@ def test_every_task_retries_lambda_transient_errors() -> None:
             "Lambda.TooManyRequestsException",
         } <= retried, name
     processor = definition["States"]["Distributed Test"]["ItemProcessor"]["ProcessorConfig"]
-    assert processor == {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
+    assert processor == {"Mode": "DISTRIBUTED", "ExecutionType": child_type}
 
 
 def test_template_parameters_reach_the_state_machine() -> None:
@@ -141,6 +144,11 @@ def test_template_parameters_reach_the_state_machine() -> None:
     for placeholder in machine["DefinitionSubstitutions"]:
         assert "${" + placeholder + "}" in text
     assert machine["Type"] == "STANDARD"
+    # the Map's child type is a parameter, passed to the definition and to the functions
+    # (Summarize prices the children by it)
+    assert template["Parameters"]["MapChildType"]["AllowedValues"] == ["STANDARD", "EXPRESS"]
+    assert "MapChildType" in machine["DefinitionSubstitutions"]
+    assert "COSMICAI_MAP_CHILD_TYPE" in template["Globals"]["Function"]["Environment"]["Variables"]
     for function in ("InitializeFunction", "WorkerFunction", "SummarizeFunction"):
         props = template["Resources"][function]["Properties"]
         assert props["Handler"] == "app.lambda_handler"

@@ -169,3 +169,114 @@ def test_failed_rank_still_lets_its_peers_finish_the_reduction(
     assert summary.communicator is not None
     assert summary.communicator.degraded_ranks == {}
     assert summary.samples == 3 * 30
+
+
+@pytest.mark.slow
+def test_warm_workers_are_reused_and_cold_starts_recorded(rendered_store: Path) -> None:
+    # GIVEN 4 ranks and 2 workers
+    request = parse_request(
+        {"bucket": "survey", "data_prefix": "p", "world_size": 4, "run_id": "warm"}
+    )
+    pids: dict[int, int] = {}
+    # WHEN the run executes
+    run = run_local(
+        request,
+        str(rendered_store),
+        workers=2,
+        on_rank_start=lambda rank, pid: pids.__setitem__(rank, pid),
+    )
+    # THEN two processes ran all four ranks; each process's first rank carries its cold
+    # start (process start, imports, model load), the ranks it ran warm carry none
+    assert run.summary.status == "ok"
+    assert len(set(pids.values())) == 2
+    rows = {r.rank: r for r in run.summary.ranks}
+    firsts = {min(r for r, p in pids.items() if p == pid) for pid in set(pids.values())}
+    for rank, row in rows.items():
+        if rank in firsts:
+            assert row.cold_start_s > 0.05, row
+        else:
+            assert row.cold_start_s == 0.0, row
+    assert run.summary.performance.cost.cold_starts == 2
+    assert run.summary.performance.cost.init_gb_seconds > 0
+    # and the start-up's CPU time is recorded beside its wall time, no larger than it
+    layout = RunLayout(request.run_prefix)
+    for rank in firsts:
+        result = json.loads((rendered_store / "survey" / layout.rank_result(rank)).read_text())
+        timings = result["timings"]
+        assert 0 < timings["cold_start_cpu_s"] <= timings["cold_start_s"] + 0.05
+
+
+@pytest.mark.slow
+def test_a_killed_rank_process_fails_only_its_rank(rendered_store: Path) -> None:
+    import os
+    import signal
+
+    # GIVEN 4 ranks on 1 worker, and rank 1's process killed with SIGKILL (as the OOM killer
+    # does) as soon as it takes the rank
+    request = parse_request(
+        {"bucket": "survey", "data_prefix": "p", "world_size": 4, "run_id": "killed"}
+    )
+    pids: dict[int, int] = {}
+
+    def kill_rank_1(rank: int, pid: int) -> None:
+        pids[rank] = pid
+        if rank == 1:
+            os.kill(pid, signal.SIGKILL)
+
+    # WHEN the run executes
+    run = run_local(request, str(rendered_store), workers=1, on_rank_start=kill_rank_1)
+    # THEN only rank 1 failed, named with the signal; ranks 2 and 3 (not started when it
+    # died) ran in a fresh, cold worker; the summary is partial and counts their samples
+    summary = run.summary
+    assert summary.status == "partial"
+    assert list(summary.failed_ranks) == [1]
+    assert "SIGKILL" in summary.failed_ranks[1]
+    assert f"pid {pids[1]}" in summary.failed_ranks[1]
+    assert summary.ranks_ok == 3
+    assert summary.samples == 3 * 30
+    assert pids[2] == pids[3] != pids[1]
+    rows = {r.rank: r for r in summary.ranks}
+    assert rows[2].cold_start_s > 0 and rows[3].cold_start_s == 0.0
+    assert "SIGKILL" in run.rank_errors[1]
+
+
+@pytest.mark.slow
+def test_a_worker_killed_while_idle_fails_no_rank(rendered_store: Path) -> None:
+    import os
+    import signal
+    import time
+
+    from cosmicai.local import _WorkerPool
+    from cosmicai.pipeline import initialize, load_manifest
+    from cosmicai.storage import open_storage
+
+    # GIVEN a planned run of 2 ranks on one worker, killed between its two ranks
+    storage = open_storage(str(rendered_store))
+    request = parse_request(
+        {"bucket": "survey", "data_prefix": "p", "world_size": 2, "run_id": "idle-kill"}
+    )
+    items = load_manifest(storage, initialize(request, storage))
+    pids: dict[int, int] = {}
+    outcomes: dict[int, str | None] = {}
+
+    def done(rank: int, error: str | None, lost: bool) -> None:
+        outcomes[rank] = error
+        if rank == 0:
+            os.kill(pids[0], signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # until it is gone (a zombie)
+                stat = Path(f"/proc/{pids[0]}/stat").read_text()
+                state = stat.rsplit(")", 1)[1].split()[0]
+                if state == "Z":
+                    break
+                time.sleep(0.01)
+
+    pool = _WorkerPool(1, str(rendered_store), request.model, 1, pids.__setitem__)
+    # WHEN the pool runs both ranks
+    try:
+        pool.run(items, {}, done)
+    finally:
+        pool.close()
+    # THEN the dead idle worker cost no rank: rank 1 ran in a fresh worker
+    assert outcomes == {0: None, 1: None}
+    assert pids[1] != pids[0]

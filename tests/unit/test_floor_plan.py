@@ -23,7 +23,6 @@ def test_no_test_module_imports_another_or_a_conftest() -> None:
     offenders = {
         str(path.relative_to(TESTS)): sorted(m for m in modules if m.split(".")[0] == "tests")
         for path in TESTS.rglob("*.py")
-        if (modules := _imported_modules(path))
-        and any(m.split(".")[0] == "tests" for m in modules)
+        if (modules := _imported_modules(path)) and any(m.split(".")[0] == "tests" for m in modules)
     }
     assert not offenders, f"import shared helpers from harness/ instead: {offenders}"

@@ -8,7 +8,9 @@ state machine sees), naming every bad field.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cosmicai.constants import (
@@ -32,6 +34,20 @@ if TYPE_CHECKING:
 STAGE_DIMENSION = "stage"
 
 T = TypeVar("T")
+
+#: Whether this process has served a worker invocation yet (a Lambda container is cold once).
+_served = False
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (Linux), 0 where that cannot be read."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        start_ticks = int(stat.rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
 
 
 def deployment_request(event: Any) -> RunRequest:
@@ -111,7 +127,18 @@ def worker_stage(
     if metrics:
         metrics.add_dimension(STAGE_DIMENSION, "worker")
     try:
-        result = run_rank(item, storage or S3Storage())
+        global _served
+        # The first invocation of a container carries its start-up (runtime, imports) as the
+        # rank's cold start: Lambda bills it as INIT.
+        cold_start_s = 0.0 if _served else process_age_s()
+        cold_start_cpu_s = 0.0 if _served else time.process_time()
+        _served = True
+        result = run_rank(
+            item,
+            storage or S3Storage(),
+            cold_start_s=cold_start_s,
+            cold_start_cpu_s=cold_start_cpu_s,
+        )
     except RankFailedError:
         if logger:
             logger.exception("rank failed")
