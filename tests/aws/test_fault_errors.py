@@ -222,6 +222,7 @@ def test_asl_retries_only_named_transient_errors() -> None:
             "SummarizeFunctionArn": "c",
             "MaxConcurrency": "1",
             "ToleratedFailurePercentage": "0",
+            "MapChildType": "STANDARD",
         }
     )
     states = dict(definition["States"])
