@@ -523,6 +523,12 @@ def project(
     dataset: Annotated[
         str | None, typer.Option(help="Dataset size, e.g. 12.6GB (default: CosmicAI's and 1 TB).")
     ] = None,
+    child_start_rate: Annotated[
+        float, typer.Option(min=0.001, help="Map children started per second (assumed).")
+    ] = 500.0,
+    map_start_s: Annotated[
+        float, typer.Option(min=0, help="Seconds before the Map starts children (assumed).")
+    ] = 1.0,
     out: Annotated[Path | None, typer.Option(help="Write the projection as JSON here.")] = None,
 ) -> None:
     """Project a run to AWS at full scale (Map wall-clock, cost, peak memory) from a measured
@@ -545,6 +551,8 @@ def project(
                 world_size=world_size,
                 concurrency=concurrency,
                 map_child_type=child_type,  # type: ignore[arg-type]
+                child_start_rate=child_start_rate,
+                map_start_s=map_start_s,
             ),
             calibration,
         )
