@@ -1,0 +1,240 @@
+"""Session fixtures of the end-to-end tests: one LocalStack, one deployment, one dataset.
+
+They run when COSMICAI_E2E=1 (``make e2e``, and ``make test`` on a machine that can: root with
+apt); otherwise, or when a piece of the local AWS cannot be brought up, they skip with the
+reason. Everything started here is stopped at the end of the session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cosmicai.aws.runs import Stack, describe_stack
+from tests.e2e.localaws import (
+    REPO,
+    LocalAWS,
+    Unavailable,
+    adapt_for_localstack,
+    find_sam,
+    free_port,
+    run_setup,
+)
+
+E2E_ENV = "COSMICAI_E2E"
+STACK = "cosmicai-e2e"
+DATA_PREFIX = "data/e2e"
+#: Four partitions of about 1 MB (~50 galaxies each), two ranks.
+DATA_BYTES = 4 * 2**20
+PARTITION_BYTES = 2**20
+
+
+def _python312_bin(local_aws: LocalAWS) -> str:
+    return local_aws.setup_env["COSMICAI_LOCALAWS_PYTHON312"]
+
+
+@pytest.fixture(scope="session")
+def local_aws() -> Iterator[LocalAWS]:
+    if os.environ.get(E2E_ENV) != "1":
+        pytest.skip(
+            f"end-to-end tests run with `make e2e` ({E2E_ENV}=1): they install podman, build "
+            "images and start LocalStack"
+        )
+    aws: LocalAWS | None = None
+    try:
+        aws = LocalAWS(run_setup())
+        aws.start()
+    except Unavailable as exc:
+        if aws is not None:
+            aws.stop()
+        pytest.skip(f"local AWS unavailable: {exc}")
+    try:
+        yield aws
+    finally:
+        aws.stop()
+
+
+def cosmicai(
+    env: dict[str, str], *args: str, timeout_s: float = 900
+) -> subprocess.CompletedProcess[str]:
+    """The ``cosmicai`` command, as a user runs it (wide, so tables do not wrap)."""
+    return subprocess.run(
+        [sys.executable, "-m", "cosmicai", *args],
+        capture_output=True,
+        text=True,
+        env={**env, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"},
+        timeout=timeout_s,
+        cwd=REPO,
+    )
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    port: int
+    health_port: int
+    secret: str
+    process: subprocess.Popen[bytes]
+
+
+@pytest.fixture(scope="session")
+def rendezvous(local_aws: LocalAWS) -> Iterator[Rendezvous]:
+    """A rendezvous server on the host's loopback; Lambda containers reach it at 10.0.2.2."""
+    port, health_port = free_port(), free_port()
+    secret = secrets.token_urlsafe(32)
+    log = (local_aws.work / "rendezvous.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cosmicai", "rendezvous", "serve", "--host", "127.0.0.1"]
+        + ["--port", str(port), "--health-port", str(health_port)],
+        env={**os.environ, "COSMICAI_RENDEZVOUS_SECRET": secret},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=5):
+                break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail("the rendezvous server did not start: see .localaws/rendezvous.log")
+            time.sleep(0.3)
+    try:
+        yield Rendezvous(port, health_port, secret, process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@dataclass(frozen=True)
+class Deployed:
+    stack: Stack
+    template: dict[str, Any]
+    build_dir: Path
+    deploy_s: float
+    build_s: float
+
+
+def sam_build(local_aws: LocalAWS) -> tuple[Path, float]:
+    """``sam build`` of template.yaml, as ``make sam-build`` runs it."""
+    try:
+        sam = find_sam()
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+    build_dir = local_aws.work / "sam-build"
+    env = local_aws.aws_env()
+    env["PATH"] = f"{_python312_bin(local_aws)}{os.pathsep}{env['PATH']}"
+    t0 = time.monotonic()
+    built = subprocess.run(
+        [sam, "build", "--template", str(REPO / "template.yaml"), "--build-dir", str(build_dir)]
+        + ["--cached", "--cache-dir", str(local_aws.work / "sam-cache")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=1200,
+    )
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    return build_dir, time.monotonic() - t0
+
+
+@pytest.fixture(scope="session")
+def built(local_aws: LocalAWS) -> tuple[Path, float]:
+    return sam_build(local_aws)
+
+
+@pytest.fixture(scope="session")
+def deployed(
+    local_aws: LocalAWS, rendezvous: Rendezvous, built: tuple[Path, float]
+) -> Deployed:
+    """template.yaml built and deployed with ``sam deploy``, the endpoint at LocalStack."""
+    from tests.e2e.localaws import load_template
+
+    build_dir, build_s = built
+    template_file = adapt_for_localstack(build_dir)
+    secret_arn = local_aws.client("secretsmanager").create_secret(
+        Name=f"{STACK}-rendezvous", SecretString=rendezvous.secret
+    )["ARN"]
+    artifacts = f"{STACK}-artifacts"
+    local_aws.client("s3").create_bucket(Bucket=artifacts)
+    t0 = time.monotonic()
+    deploy = subprocess.run(
+        [find_sam(), "deploy", "--template-file", str(template_file), "--stack-name", STACK]
+        + ["--s3-bucket", artifacts, "--region", "us-east-1", "--no-confirm-changeset"]
+        + ["--capabilities", "CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"]
+        + ["--no-fail-on-empty-changeset", "--no-progressbar", "--parameter-overrides"]
+        + [
+            f"NamePrefix={STACK}",
+            "RendezvousEnabled=true",
+            f"RendezvousEndpoint=10.0.2.2:{rendezvous.port}",
+            f"RendezvousSecretArn={secret_arn}",
+        ],
+        capture_output=True,
+        text=True,
+        env=local_aws.aws_env(),
+        cwd=build_dir,
+        timeout=900,
+    )
+    deploy_s = time.monotonic() - t0
+    assert deploy.returncode == 0, (
+        deploy.stdout[-4000:] + deploy.stderr[-4000:] + "\n--- LocalStack:\n" + local_aws.log_tail()
+    )
+    stack = describe_stack(STACK, cloudformation=local_aws.client("cloudformation"))
+    local_aws.timings.update(build_s=build_s, deploy_s=deploy_s)
+    return Deployed(stack, load_template(build_dir / "template.yaml"), build_dir, deploy_s, build_s)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    store: Path  # a local store: its sub-folder named like the stack's bucket holds the data
+    bucket: str
+    prefix: str
+    keys: list[str]
+
+
+@pytest.fixture(scope="session")
+def dataset(
+    deployed: Deployed, local_aws: LocalAWS, tmp_path_factory: pytest.TempPathFactory
+) -> Dataset:
+    """Rendered test galaxies, in a local store and uploaded to the stack's bucket."""
+    from cosmicai.data.synth import synthesize
+    from cosmicai.storage import parse_location
+
+    bucket = deployed.stack.bucket
+    store = tmp_path_factory.mktemp("store")
+    root = store / bucket / DATA_PREFIX
+    synthesize(
+        parse_location(str(root)),
+        size_bytes=DATA_BYTES,
+        partition_bytes=PARTITION_BYTES,
+        processes=1,
+    )
+    s3 = local_aws.client("s3")
+    keys = []
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            key = path.relative_to(store / bucket).as_posix()
+            s3.upload_file(str(path), bucket, key)
+            keys.append(key)
+    return Dataset(store, bucket, DATA_PREFIX, keys)
+
+
+def write_request(directory: Path, name: str, request: dict[str, Any]) -> Path:
+    path = directory / f"{name}.json"
+    path.write_text(json.dumps(request))
+    return path

@@ -1,0 +1,115 @@
+"""rendezvous/Dockerfile built with podman and run: health check, a TCPunch pair and a native
+world through the published port, a clean stop on SIGTERM, a non-root user."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from cosmicai.rendezvous.client import RendezvousClient
+from cosmicai.rendezvous.tcpunch import tcpunch_pair
+from tests.e2e.localaws import REPO, LocalAWS, free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
+
+IMAGE = "localhost/cosmicai-rendezvous:e2e"
+CONTAINER = "cosmicai-e2e-rendezvous"
+
+
+@pytest.fixture(scope="module")
+def image(local_aws: LocalAWS) -> str:
+    # Docker format keeps the HEALTHCHECK instruction (OCI image configs have no such field).
+    built = local_aws.podman_cmd(
+        "build", "--format", "docker", "--network", "host", "-f", "rendezvous/Dockerfile",
+        "-t", IMAGE, str(REPO),
+        timeout_s=1200,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    return IMAGE
+
+
+@pytest.fixture
+def server(local_aws: LocalAWS, image: str) -> Iterator[tuple[int, int, str]]:
+    port, health = free_port(), free_port()
+    secret = secrets.token_urlsafe(32)
+    local_aws.podman_cmd("rm", "-f", CONTAINER)
+    started = local_aws.podman_cmd(
+        "run", "-d", "--name", CONTAINER, "-p", f"127.0.0.1:{port}:10000",
+        "-p", f"127.0.0.1:{health}:8080", "-e", f"COSMICAI_RENDEZVOUS_SECRET={secret}", image,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=5):
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                logs = local_aws.podman_cmd("logs", CONTAINER)
+                pytest.fail(f"the container never answered /healthz: {logs.stderr[-2000:]}")
+            time.sleep(0.5)
+    try:
+        yield port, health, secret
+    finally:
+        local_aws.podman_cmd("rm", "-f", "-t", "5", CONTAINER)
+
+
+def test_image_is_small_and_runs_as_non_root(local_aws: LocalAWS, image: str) -> None:
+    inspected = json.loads(local_aws.podman_cmd("image", "inspect", image).stdout)[0]
+    assert inspected["Config"]["User"] == "10001:10001"
+    assert inspected["Config"]["Healthcheck"]["Test"][-1] == "healthcheck"
+    whoami = local_aws.podman_cmd("run", "--rm", "--entrypoint", "id", image, "-u")
+    assert whoami.stdout.strip() == "10001"
+    # the inference stack is not in the image
+    probe = local_aws.podman_cmd(
+        "run", "--rm", "--entrypoint", "python", image, "-c",
+        "import importlib.util as u; print([m for m in ('numpy', 'onnxruntime', 'pydantic') "
+        "if u.find_spec(m)])",
+    )  # fmt: skip
+    assert probe.stdout.strip() == "[]", probe.stderr
+    print(f"\n[e2e] rendezvous image size: {inspected['Size'] / 2**20:.0f} MiB")
+
+
+def test_container_serves_tcpunch_and_native_clients_then_stops_on_sigterm(
+    local_aws: LocalAWS, server: tuple[int, int, str]
+) -> None:
+    port, health, secret = server
+    # GIVEN the running container; its health check passes
+    checked = local_aws.podman_cmd("healthcheck", "run", CONTAINER)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    # WHEN two TCPunch clients and a native world of three ranks use the published port
+    async def clients() -> tuple[object, ...]:
+        pair = asyncio.gather(
+            tcpunch_pair("127.0.0.1", port, b"e2e-pair", timeout=30),
+            tcpunch_pair("127.0.0.1", port, b"e2e-pair", timeout=30),
+        )
+
+        async def rank(r: int) -> object:
+            async with await RendezvousClient.connect("127.0.0.1", port, secret=secret) as rv:
+                return await rv.register("e2e-world", world_size=3, rank=r, deadline=30)
+
+        world = asyncio.gather(*(rank(r) for r in range(3)))
+        return tuple(await asyncio.gather(pair, world))
+
+    (a, b), worlds = asyncio.run(clients())  # type: ignore[misc]
+    # THEN the pair sees each other and every rank gets the whole world
+    assert a[1] == b[0] and b[1] == a[0]
+    assert [w.rank for w in worlds] == [0, 1, 2]
+    assert all(len(w.peers) == 3 for w in worlds)
+    assert worlds[0].peers == worlds[2].peers
+    with urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=5) as r:
+        assert json.loads(r.read())
+    # WHEN it is stopped (SIGTERM, the image's STOPSIGNAL); THEN it exits cleanly, in time
+    t0 = time.monotonic()
+    stopped = local_aws.podman_cmd("stop", "-t", "20", CONTAINER)
+    assert stopped.returncode == 0, stopped.stderr
+    assert time.monotonic() - t0 < 15
+    state = json.loads(local_aws.podman_cmd("inspect", CONTAINER).stdout)[0]["State"]
+    assert state["ExitCode"] == 0, local_aws.podman_cmd("logs", CONTAINER).stderr[-2000:]
