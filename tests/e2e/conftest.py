@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from cosmicai.aws.runs import Stack, describe_stack
 from tests.e2e.localaws import (
     REPO,
     LocalAWS,
@@ -31,6 +29,8 @@ from tests.e2e.localaws import (
     free_port,
     run_setup,
 )
+
+from cosmicai.aws.runs import Stack, describe_stack
 
 E2E_ENV = "COSMICAI_E2E"
 STACK = "cosmicai-e2e"
@@ -94,8 +94,19 @@ def rendezvous(local_aws: LocalAWS) -> Iterator[Rendezvous]:
     secret = secrets.token_urlsafe(32)
     log = (local_aws.work / "rendezvous.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "cosmicai", "rendezvous", "serve", "--host", "127.0.0.1"]
-        + ["--port", str(port), "--health-port", str(health_port)],
+        [
+            sys.executable,
+            "-m",
+            "cosmicai",
+            "rendezvous",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--health-port",
+            str(health_port),
+        ],
         env={**os.environ, "COSMICAI_RENDEZVOUS_SECRET": secret},
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -141,8 +152,17 @@ def sam_build(local_aws: LocalAWS) -> tuple[Path, float]:
     env["PATH"] = f"{_python312_bin(local_aws)}{os.pathsep}{env['PATH']}"
     t0 = time.monotonic()
     built = subprocess.run(
-        [sam, "build", "--template", str(REPO / "template.yaml"), "--build-dir", str(build_dir)]
-        + ["--cached", "--cache-dir", str(local_aws.work / "sam-cache")],
+        [
+            sam,
+            "build",
+            "--template",
+            str(REPO / "template.yaml"),
+            "--build-dir",
+            str(build_dir),
+            "--cached",
+            "--cache-dir",
+            str(local_aws.work / "sam-cache"),
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -159,9 +179,7 @@ def built(local_aws: LocalAWS) -> tuple[Path, float]:
 
 
 @pytest.fixture(scope="session")
-def deployed(
-    local_aws: LocalAWS, rendezvous: Rendezvous, built: tuple[Path, float]
-) -> Deployed:
+def deployed(local_aws: LocalAWS, rendezvous: Rendezvous, built: tuple[Path, float]) -> Deployed:
     """template.yaml built and deployed with ``sam deploy``, the endpoint at LocalStack."""
     from tests.e2e.localaws import load_template
 
@@ -174,11 +192,24 @@ def deployed(
     local_aws.client("s3").create_bucket(Bucket=artifacts)
     t0 = time.monotonic()
     deploy = subprocess.run(
-        [find_sam(), "deploy", "--template-file", str(template_file), "--stack-name", STACK]
-        + ["--s3-bucket", artifacts, "--region", "us-east-1", "--no-confirm-changeset"]
-        + ["--capabilities", "CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"]
-        + ["--no-fail-on-empty-changeset", "--no-progressbar", "--parameter-overrides"]
-        + [
+        [
+            find_sam(),
+            "deploy",
+            "--template-file",
+            str(template_file),
+            "--stack-name",
+            STACK,
+            "--s3-bucket",
+            artifacts,
+            "--region",
+            "us-east-1",
+            "--no-confirm-changeset",
+            "--capabilities",
+            "CAPABILITY_IAM",
+            "CAPABILITY_AUTO_EXPAND",
+            "--no-fail-on-empty-changeset",
+            "--no-progressbar",
+            "--parameter-overrides",
             f"NamePrefix={STACK}",
             "RendezvousEnabled=true",
             f"RendezvousEndpoint=10.0.2.2:{rendezvous.port}",

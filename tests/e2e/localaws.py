@@ -312,7 +312,7 @@ _CfnLoader.add_multi_constructor("!", _cfn_tag)
 
 
 def load_template(path: Path) -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.load(path.read_text(), Loader=_CfnLoader)  # noqa: S506
+    loaded: dict[str, Any] = yaml.load(path.read_text(), Loader=_CfnLoader)
     return loaded
 
 
@@ -339,3 +339,57 @@ def adapt_for_localstack(built: Path) -> Path:
     out = built / "template.localstack.json"
     out.write_text(json.dumps(template, indent=1))
     return out
+
+
+class Relay:
+    """TCP relay from an address podman's bridge network reaches to a loopback port.
+
+    ``sam local invoke`` puts its containers on podman's default bridge (it cannot ask for
+    slirp4netns), from where the host's loopback, and so LocalStack, is out of reach. The
+    relay listens on the bridge's gateway address only (IP_FREEBIND: the bridge exists only
+    while a container is attached to it)."""
+
+    def __init__(self, listen_host: str, target_port: int) -> None:
+        self._server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._server.setsockopt(socket.SOL_IP, 15, 1)  # IP_FREEBIND
+        self._server.bind((listen_host, 0))
+        self._server.listen(64)
+        self.host = listen_host
+        self.port: int = self._server.getsockname()[1]
+        self._target = ("127.0.0.1", target_port)
+        self._closed = False
+        import threading
+
+        self._threading = threading
+        threading.Thread(target=self._accept, name="relay", daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self._target, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            for a, b in ((client, upstream), (upstream, client)):
+                self._threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._closed = True
+        self._server.close()

@@ -7,16 +7,15 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from cosmicai.pipeline import Summary
 from tests.e2e.conftest import Dataset, Deployed, cosmicai, write_request
 from tests.e2e.localaws import LocalAWS
+
+from cosmicai.pipeline import Summary
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(2400)]
 
@@ -96,7 +95,7 @@ def corrupt_run(
     deployed: Deployed,
     dataset: Dataset,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Run]:
+) -> Run:
     # GIVEN a copy of the dataset whose third partition is not a partition at all
     s3 = local_aws.client("s3")
     prefix = "data/e2e-corrupt"
@@ -112,7 +111,7 @@ def corrupt_run(
         "world_size": 2,
         "run_id": "e2e-corrupt",
     }
-    yield run_deployed(local_aws, deployed, tmp_path_factory.mktemp("corrupt"), request)
+    return run_deployed(local_aws, deployed, tmp_path_factory.mktemp("corrupt"), request)
 
 
 def test_deployed_run_matches_a_local_run(
@@ -207,7 +206,9 @@ def test_bad_request_fails_at_initialize(
     history = local_aws.client("stepfunctions").get_execution_history(
         executionArn=run.execution["executionArn"], maxResults=1000
     )["events"]
-    entered = [e["stateEnteredEventDetails"]["name"] for e in history if "stateEntered" in e["type"]]
+    entered = [
+        e["stateEnteredEventDetails"]["name"] for e in history if e["type"].endswith("StateEntered")
+    ]
     assert entered == ["Initialize"]
 
 

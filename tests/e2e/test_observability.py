@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
 from tests.e2e.conftest import Deployed
 from tests.e2e.localaws import REGION, LocalAWS
 from tests.e2e.test_deployed import Run
@@ -104,10 +103,16 @@ def test_every_dashboard_metric_is_emitted(
     # ... and those LocalStack publishes exist (it has no Duration, Throttles or AWS/States)
     cloudwatch = local_aws.client("cloudwatch")
     published = {
-        (m["Namespace"], m["MetricName"], tuple(sorted((d["Name"], d["Value"]) for d in m["Dimensions"])))
+        (
+            m["Namespace"],
+            m["MetricName"],
+            tuple(sorted((d["Name"], d["Value"]) for d in m["Dimensions"])),
+        )
         for m in cloudwatch.list_metrics(Namespace="AWS/Lambda")["Metrics"]
     }
-    lambda_charted = {m for m in charted if m[0] == "AWS/Lambda" and m[1] in ("Errors", "Invocations")}
+    lambda_charted = {
+        m for m in charted if m[0] == "AWS/Lambda" and m[1] in ("Errors", "Invocations")
+    }
     assert lambda_charted and lambda_charted <= published, (lambda_charted, published)
     # ... and CloudWatch accepts the dashboard (LocalStack's CloudFormation skips it)
     cloudwatch.put_dashboard(DashboardName="cosmicai-e2e-check", DashboardBody=json.dumps(body))

@@ -11,10 +11,11 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
-
-from cosmicai.rendezvous.client import RendezvousClient
-from cosmicai.rendezvous.tcpunch import tcpunch_pair
 from tests.e2e.localaws import REPO, LocalAWS, free_port
+
+from cosmicai.rendezvous.client import RendezvousClient, WorldResult
+from cosmicai.rendezvous.endpoint import Endpoint
+from cosmicai.rendezvous.tcpunch import tcpunch_pair
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -85,20 +86,20 @@ def test_container_serves_tcpunch_and_native_clients_then_stops_on_sigterm(
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
     # WHEN two TCPunch clients and a native world of three ranks use the published port
-    async def clients() -> tuple[object, ...]:
+    async def rank(r: int) -> WorldResult:
+        async with await RendezvousClient.connect("127.0.0.1", port, secret=secret) as rv:
+            return await rv.register("e2e-world", world_size=3, rank=r, deadline=30)
+
+    async def clients() -> tuple[list[tuple[Endpoint, Endpoint]], list[WorldResult]]:
         pair = asyncio.gather(
             tcpunch_pair("127.0.0.1", port, b"e2e-pair", timeout=30),
             tcpunch_pair("127.0.0.1", port, b"e2e-pair", timeout=30),
         )
-
-        async def rank(r: int) -> object:
-            async with await RendezvousClient.connect("127.0.0.1", port, secret=secret) as rv:
-                return await rv.register("e2e-world", world_size=3, rank=r, deadline=30)
-
         world = asyncio.gather(*(rank(r) for r in range(3)))
-        return tuple(await asyncio.gather(pair, world))
+        pairs, worlds = await asyncio.gather(pair, world)
+        return list(pairs), list(worlds)
 
-    (a, b), worlds = asyncio.run(clients())  # type: ignore[misc]
+    (a, b), worlds = asyncio.run(clients())
     # THEN the pair sees each other and every rank gets the whole world
     assert a[1] == b[0] and b[1] == a[0]
     assert [w.rank for w in worlds] == [0, 1, 2]
