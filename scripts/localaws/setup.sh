@@ -117,8 +117,15 @@ stage_python() { # $1: build context; copies the interpreter without tests or in
         "$1/python/lib/python3.12/site-packages/"
 }
 
+# An image is rebuilt when its recipe (the files and pins it is made from) changes.
+recipe() { cat "$@" | { sha256sum; echo "$py312 ${RIC_SPECS[*]}"; } | sha256sum | cut -c1-16; }
+current() { # $1 image, $2 recipe: whether the image exists and was built from that recipe
+    [[ "$(podman image inspect --format '{{index .Labels "cosmicai.recipe"}}' "$1" 2>/dev/null)" == "$2" ]]
+}
+
 # -- the Lambda-like image ---------------------------------------------------------------------
-if ! podman image exists "$LAMBDA_IMAGE"; then
+lambda_recipe="$(recipe "$HERE/lambda-python.Containerfile" "$HERE/bootstrap")"
+if ! current "$LAMBDA_IMAGE" "$lambda_recipe"; then
     step "building the Lambda-like python3.12 image"
     ctx="$WORK/build/lambda"
     rm -rf "$ctx" && mkdir -p "$ctx/wheels"
@@ -128,22 +135,25 @@ if ! podman image exists "$LAMBDA_IMAGE"; then
         2>"$WORK/pip-download.err" || cannot "pip download awslambdaric failed: $(tail -1 "$WORK/pip-download.err")"
     cp "$HERE/lambda-python.Containerfile" "$ctx/Containerfile"
     cp "$HERE/bootstrap" "$ctx/bootstrap"
-    podman build -q --network host --build-arg BASE="$BASE_IMAGE" \
+    podman build -q --network host --build-arg BASE="$BASE_IMAGE" --label cosmicai.recipe="$lambda_recipe" \
         --build-arg PYDIR="$py312" -t "$LAMBDA_IMAGE" "$ctx" >/dev/null 2>"$WORK/lambda-build.err" ||
         cannot "Lambda image build failed: $(tail -1 "$WORK/lambda-build.err")"
     rm -rf "$ctx"
+    podman tag "$LAMBDA_IMAGE" "$SAM_IMAGE"
 fi
-podman image exists "$SAM_IMAGE" || podman tag "$LAMBDA_IMAGE" "$SAM_IMAGE"
+current "$SAM_IMAGE" "$lambda_recipe" || podman tag "$LAMBDA_IMAGE" "$SAM_IMAGE"
 
 # -- a stand-in for python:3.12-slim (the rendezvous image's base) -----------------------------
-if ! podman image exists "$SLIM_IMAGE"; then
+slim_recipe="$(recipe "$HERE/python-slim.Containerfile" /etc/ssl/certs/ca-certificates.crt)"
+if ! current "$SLIM_IMAGE" "$slim_recipe"; then
     step "building the python:3.12-slim stand-in"
     ctx="$WORK/build/slim"
     rm -rf "$ctx" && mkdir -p "$ctx"
     stage_python "$ctx"
     cp /etc/ssl/certs/ca-certificates.crt "$ctx/host-ca.crt"
     cp "$HERE/python-slim.Containerfile" "$ctx/Containerfile"
-    podman build -q --network host --build-arg BASE="$BASE_IMAGE" -t "$SLIM_IMAGE" "$ctx" \
+    podman build -q --network host --build-arg BASE="$BASE_IMAGE" --label cosmicai.recipe="$slim_recipe" \
+        -t "$SLIM_IMAGE" "$ctx" \
         >/dev/null 2>"$WORK/slim-build.err" ||
         cannot "python:3.12-slim stand-in build failed: $(tail -1 "$WORK/slim-build.err")"
     rm -rf "$ctx"

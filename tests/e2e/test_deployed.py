@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import json
 import re
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from tests.e2e.conftest import Dataset, Deployed, cosmicai, write_request
+from tests.e2e.conftest import Dataset, Deployed, Run, cosmicai, run_deployed, write_request
 from tests.e2e.localaws import LocalAWS
 
 from cosmicai.pipeline import Summary
@@ -20,98 +17,11 @@ from cosmicai.pipeline import Summary
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
-@dataclass(frozen=True)
-class Run:
-    run_id: str
-    start: Any  # CompletedProcess of `cosmicai aws start --watch`
-    summary_cli: Any  # CompletedProcess of `cosmicai aws summary`
-    summary: Summary | None
-    execution: dict[str, Any]
-    seconds: float  # wall time of `cosmicai aws start --watch`
-
-
-def _summary(local_aws: LocalAWS, bucket: str, run_id: str) -> Summary | None:
-    s3 = local_aws.client("s3")
-    try:
-        body = s3.get_object(Bucket=bucket, Key=f"runs/{run_id}/summary.json")["Body"].read()
-    except s3.exceptions.NoSuchKey:
-        return None
-    return Summary.model_validate_json(body)
-
-
-def run_deployed(
-    local_aws: LocalAWS,
-    deployed: Deployed,
-    directory: Path,
-    request: dict[str, Any],
-) -> Run:
-    """`cosmicai aws start --watch` then `cosmicai aws summary`, as a user runs them."""
-    env = {**local_aws.aws_env(), "COSMICAI_STACK": deployed.stack.name}
-    path = write_request(directory, request["run_id"], request)
-    t0 = time.monotonic()
-    started = cosmicai(env, "aws", "start", str(path), "--watch", timeout_s=1200)
-    seconds = time.monotonic() - t0
-    summary_cli = cosmicai(env, "aws", "summary", request["run_id"])
-    execution = local_aws.client("stepfunctions").describe_execution(
-        executionArn=deployed.stack.execution_arn(request["run_id"])
-    )
-    return Run(
-        request["run_id"],
-        started,
-        summary_cli,
-        _summary(local_aws, deployed.stack.bucket, request["run_id"]),
-        execution,
-        seconds,
-    )
-
-
 def _accuracy(output: str) -> str:
     """The Accuracy table of a printed summary."""
     match = re.search(r"^Accuracy *\n(.*?)^Performance", output, flags=re.S | re.M)
     assert match, output
     return match.group(1)
-
-
-@pytest.fixture(scope="session")
-def ok_run(
-    local_aws: LocalAWS,
-    deployed: Deployed,
-    dataset: Dataset,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Run:
-    request = {
-        "bucket": dataset.bucket,
-        "data_prefix": dataset.prefix,
-        "world_size": 2,
-        "batch_size": 64,
-        "run_id": "e2e-ok",
-    }
-    return run_deployed(local_aws, deployed, tmp_path_factory.mktemp("ok"), request)
-
-
-@pytest.fixture(scope="session")
-def corrupt_run(
-    local_aws: LocalAWS,
-    deployed: Deployed,
-    dataset: Dataset,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Run:
-    # GIVEN a copy of the dataset whose third partition is not a partition at all
-    s3 = local_aws.client("s3")
-    prefix = "data/e2e-corrupt"
-    for key in dataset.keys:
-        target = prefix + key.removeprefix(dataset.prefix)
-        s3.copy_object(
-            Bucket=dataset.bucket, Key=target, CopySource={"Bucket": dataset.bucket, "Key": key}
-        )
-    s3.put_object(Bucket=dataset.bucket, Key=f"{prefix}/3.safetensors", Body=b"\x00" * 4096)
-    request = {
-        "bucket": dataset.bucket,
-        "data_prefix": prefix,
-        "world_size": 2,
-        "run_id": "e2e-corrupt",
-    }
-    return run_deployed(local_aws, deployed, tmp_path_factory.mktemp("corrupt"), request)
 
 
 def test_deployed_run_matches_a_local_run(

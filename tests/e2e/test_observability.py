@@ -11,9 +11,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from tests.e2e.conftest import Deployed
+from tests.e2e.conftest import Deployed, Run
 from tests.e2e.localaws import REGION, LocalAWS
-from tests.e2e.test_deployed import Run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(2400)]
 
