@@ -139,6 +139,7 @@ class LocalAWS:
     podman: subprocess.Popen[bytes] | None = None
     localstack: subprocess.Popen[bytes] | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    _lock: Any = None  # the open lock file while this session owns the work directory
 
     @property
     def socket_path(self) -> Path:
@@ -201,8 +202,40 @@ class LocalAWS:
         if names:
             self.podman_cmd("rm", "-f", "-t", "2", *names, timeout_s=120)
 
+    def _lock_session(self) -> None:
+        import fcntl
+
+        lock = (self.work / ".session.lock").open("w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise Unavailable(f"another end-to-end session is using {self.work}") from None
+        self._lock = lock
+
+    def _end_strays(self) -> None:
+        """Stop what a session that was killed left running (its pids are in a file)."""
+        pids = self.work / "session.pids"
+        if not pids.exists():
+            return
+        for pid in map(int, pids.read_text().split()):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(self.work).encode() in cmdline or str(LAUNCHER).encode() in cmdline:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+        pids.unlink()
+
+    def _record_pids(self) -> None:
+        running = [p.pid for p in (self.podman, self.localstack) if p is not None]
+        (self.work / "session.pids").write_text(" ".join(map(str, running)))
+
     def start(self) -> None:
         t0 = time.monotonic()
+        self._lock_session()
+        self._end_strays()
         self.socket_path.unlink(missing_ok=True)
         self.podman = subprocess.Popen(
             ["podman", "system", "service", "--time=0", self.docker_host],
@@ -211,6 +244,7 @@ class LocalAWS:
             stderr=(self.work / "podman-service.log").open("wb"),
             start_new_session=True,
         )
+        self._record_pids()
         _wait(self._podman_answers, 60, "podman system service", self.podman)
         self.remove_containers()
         self._start_localstack()
@@ -263,6 +297,7 @@ class LocalAWS:
             start_new_session=True,
             cwd=state,
         )
+        self._record_pids()
         _wait(self._localstack_ready, 180, "LocalStack", self.localstack)
 
     def _localstack_ready(self) -> bool:
@@ -270,11 +305,16 @@ class LocalAWS:
             return bool(r.status == 200)
 
     def stop(self) -> None:
+        if self._lock is None:  # another session owns the work directory: leave it alone
+            return
         _stop(self.localstack)
         with contextlib.suppress(Exception):
             self.remove_containers()
         _stop(self.podman)
         self.socket_path.unlink(missing_ok=True)
+        (self.work / "session.pids").unlink(missing_ok=True)
+        self._lock.close()
+        self._lock = None
 
     def log_tail(self, lines: int = 40) -> str:
         path = self.work / "localstack.log"
@@ -393,3 +433,11 @@ class Relay:
     def close(self) -> None:
         self._closed = True
         self._server.close()
+
+
+if __name__ == "__main__":
+    # `python -m tests.e2e.localaws adapt .aws-sam/build`: the harness's template adaptations,
+    # for deploying to LocalStack by hand (docs/local-aws.md).
+    if len(sys.argv) != 3 or sys.argv[1] != "adapt":
+        sys.exit("usage: python -m tests.e2e.localaws adapt BUILD_DIR")
+    print(adapt_for_localstack(Path(sys.argv[2])))

@@ -123,7 +123,12 @@ def test_bad_request_fails_at_initialize(
 
 
 def test_direct_communicator_run(
-    local_aws: LocalAWS, deployed: Deployed, dataset: Dataset, ok_run: Run, tmp_path: Path
+    local_aws: LocalAWS,
+    deployed: Deployed,
+    dataset: Dataset,
+    ok_run: Run,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # GIVEN workers told of a rendezvous server on the host (10.0.2.2 from their containers)
     request = {
@@ -151,4 +156,5 @@ def test_direct_communicator_run(
     assert summary.metrics is not None
     for name, value in ok_run.summary.metrics.model_dump().items():
         assert getattr(summary.metrics, name) == pytest.approx(value, rel=1e-9), name
-    print(f"\n[e2e] direct communicator links: {summary.communicator.links}")
+    with capsys.disabled():
+        print(f"\n[e2e] direct communicator: links {summary.communicator.links}")
