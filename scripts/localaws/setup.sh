@@ -140,6 +140,9 @@ if ! current "$LAMBDA_IMAGE" "$lambda_recipe"; then
         cannot "Lambda image build failed: $(tail -1 "$WORK/lambda-build.err")"
     rm -rf "$ctx"
     podman tag "$LAMBDA_IMAGE" "$SAM_IMAGE"
+    # SAM CLI's images are built on the runtime image: make it build them again.
+    podman images --format '{{.Repository}}:{{.Tag}}' | grep '^docker.io/samcli/' |
+        xargs -r podman rmi -f >/dev/null 2>&1 || true
 fi
 current "$SAM_IMAGE" "$lambda_recipe" || podman tag "$LAMBDA_IMAGE" "$SAM_IMAGE"
 
@@ -174,6 +177,8 @@ if [[ ! -f "$WORK/localstack/.installed" ]]; then
         cannot "installing $LOCALSTACK_SPEC failed"
     touch "$WORK/localstack/.installed"
 fi
+
+podman image prune -f >/dev/null 2>&1 || true
 
 # -- the environment the launcher, podman and the tests share ----------------------------------
 cat >"$WORK/env.sh" <<EOF
