@@ -27,6 +27,7 @@ from tests.e2e.localaws import (
     adapt_for_localstack,
     find_sam,
     free_port,
+    require_runtime_init,
     run_setup,
 )
 
@@ -184,6 +185,10 @@ def deployed(local_aws: LocalAWS, rendezvous: Rendezvous, built: tuple[Path, flo
     """template.yaml built and deployed with ``sam deploy``, the endpoint at LocalStack."""
     from tests.e2e.localaws import load_template
 
+    try:
+        require_runtime_init()
+    except Unavailable as exc:
+        pytest.skip(str(exc))
     build_dir, build_s = built
     template_file = adapt_for_localstack(build_dir)
     secret_arn = local_aws.client("secretsmanager").create_secret(

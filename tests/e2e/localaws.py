@@ -93,6 +93,21 @@ def find_runtime_init() -> Path | None:
     return None
 
 
+def require_runtime_init() -> None:
+    """Lambda functions can run in LocalStack only with its runtime init: a local copy, or
+    GitHub reachable for LocalStack to download one."""
+    if find_runtime_init() is not None:
+        return
+    try:
+        with urllib.request.urlopen("https://github.com", timeout=10):
+            return
+    except OSError:
+        raise Unavailable(
+            f"LocalStack cannot download its Lambda runtime init (github.com unreachable) and "
+            f"{INIT_ENV} names no local copy"
+        ) from None
+
+
 def find_sam() -> str:
     for candidate in (
         os.environ.get("COSMICAI_SAM"),
