@@ -73,11 +73,13 @@ def test_deployed_run_matches_a_local_run(
         )
 
 
-def test_same_run_id_twice_is_refused(ok_run: Run, local_aws: LocalAWS, deployed: Deployed) -> None:
+def test_same_run_id_twice_is_refused(
+    ok_run: Run, local_aws: LocalAWS, deployed: Deployed, tmp_path: Path
+) -> None:
     # GIVEN a finished run; WHEN its request is started again
     env = {**local_aws.aws_env(), "COSMICAI_STACK": deployed.stack.name}
     execution_input = ok_run.execution["input"]
-    path = Path(local_aws.work) / "again.json"
+    path = tmp_path / "again.json"
     path.write_text(execution_input)
     again = cosmicai(env, "aws", "start", str(path))
     # THEN it is refused by name, and the first run's results stand
