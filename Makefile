@@ -16,7 +16,7 @@ SAM_VENV ?= .venv-sam
 SAM_CLI_SPEC ?= aws-sam-cli==1.170.0
 STAMP_SAM := $(SAM_VENV)/.stamp-$(subst =,-,$(SAM_CLI_SPEC))
 
-.PHONY: demo sweep test fast lint typecheck unit clean venv sam-build
+.PHONY: demo sweep test fast lint typecheck unit clean venv sam-build e2e
 
 $(STAMP_RUN):
 	$(PYTHON) -m venv $(VENV)
@@ -62,8 +62,19 @@ lint: $(STAMP_DEV)
 typecheck: $(STAMP_DEV)
 	$(BIN)/mypy
 
+# The end-to-end tests (tests/e2e: the deployment in a local AWS, podman + LocalStack) run
+# where the machine can bring it up: root, with apt. Override with `make test E2E=0` (or 1).
+E2E ?= $(shell [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && echo 1 || echo 0)
+
 unit: $(STAMP_DEV) $(STAMP_SAM)
-	COSMICAI_SAM="$(abspath $(SAM_VENV))/bin/sam" $(BIN)/python -m pytest
+	COSMICAI_E2E=$(E2E) COSMICAI_SAM="$(abspath $(SAM_VENV))/bin/sam" $(BIN)/python -m pytest
+
+# Build, deploy and run the real template in a local AWS, then `sam local invoke` every sample
+# event and the rendezvous image (docs/local-aws.md). Setup is cached in .localaws/.
+e2e: $(STAMP_DEV) $(STAMP_SAM)
+	scripts/localaws/setup.sh >/dev/null
+	COSMICAI_E2E=1 COSMICAI_SAM="$(abspath $(SAM_VENV))/bin/sam" \
+	  $(BIN)/python -m pytest tests/e2e -m e2e -v -rs
 
 test: lint typecheck unit
 
@@ -72,3 +83,4 @@ fast: lint
 
 clean:
 	rm -rf $(VENV) $(SAM_VENV) .demo .aws-sam .mypy_cache .ruff_cache .pytest_cache
+	-[ ! -d .localaws ] || scripts/localaws/clean.sh
