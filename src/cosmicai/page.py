@@ -8,8 +8,13 @@ import base64
 import html
 import json
 from pathlib import Path
+from typing import Any
 
+from cosmicai import plots
+from cosmicai.bench.sweep import PUBLISHED_TABLE, SweepResult
 from cosmicai.exceptions import CosmicAIError
+from cosmicai.report import metric_rows, performance_rows
+from cosmicai.run_types import RankResult, Summary
 
 Table = tuple[str, list[str], list[list[str]]]
 
@@ -71,7 +76,6 @@ def _write(
 
 
 def sweep_tables(result: object) -> list[Table]:
-    from cosmicai.bench.sweep import PUBLISHED_TABLE, SweepResult
 
     assert isinstance(result, SweepResult)
     ours: list[list[str]] = []
@@ -131,8 +135,6 @@ def sweep_tables(result: object) -> list[Table]:
 
 
 def render_sweep(path: Path, out: Path) -> tuple[Path, Path]:
-    from cosmicai import plots
-    from cosmicai.bench.sweep import SweepResult
 
     result = SweepResult.model_validate_json(path.read_text())
     m, c, p = result.machine, result.config, result.profile
@@ -148,7 +150,7 @@ def render_sweep(path: Path, out: Path) -> tuple[Path, Path]:
         f"{p.rss_per_partition_mb:.2f} × partition MB.",
         *(f"Definition: {d}" for d in result.definitions),
     ]
-    figures = plots.sweep_figures(result) if plots.available() else {}
+    figures = sweep_figures(result) if plots.available() else {}
     tables = sweep_tables(result) + _projection_tables(path.parent)
     return _write(out, "Partition-size sweep", intro, tables, figures)
 
@@ -197,9 +199,6 @@ _RANK_COLUMNS = [
 
 
 def render_run(folder: Path, out: Path) -> tuple[Path, Path]:
-    from cosmicai import plots
-    from cosmicai.report import _metric_rows, _performance_rows
-    from cosmicai.run_types import RankResult, Summary
 
     summary = Summary.model_validate_json((folder / "summary.json").read_text())
     results = [
@@ -207,8 +206,8 @@ def render_run(folder: Path, out: Path) -> tuple[Path, Path]:
         for f in sorted((folder / "ranks").glob("*/result.json"))
     ]
     tables: list[Table] = [
-        ("Accuracy", ["", ""], [list(r) for r in _metric_rows(summary)]),
-        ("Performance", ["", ""], [list(r) for r in _performance_rows(summary)]),
+        ("Accuracy", ["", ""], [list(r) for r in metric_rows(summary)]),
+        ("Performance", ["", ""], [list(r) for r in performance_rows(summary)]),
         (
             "Ranks",
             _RANK_COLUMNS,
@@ -236,7 +235,7 @@ def render_run(folder: Path, out: Path) -> tuple[Path, Path]:
         fig = plots.timeline_figure(
             results, title=f"ranks (Map wall-clock {summary.performance.map_wall_s:.2f} s)"
         )
-        figures["timeline.png"] = plots._png(fig)
+        figures["timeline.png"] = plots.png(fig)
         plt.close(fig)
     redshift = folder / "plots" / "redshift.png"
     if redshift.exists():
@@ -264,3 +263,108 @@ def render(path: Path, out: Path | None = None) -> tuple[Path, Path]:
     if path.is_dir() and (path / "summary.json").exists():
         return render_run(path, out or path / "report")
     raise CosmicAIError(f"{path}: not a sweep (sweep.json) nor a local run folder (summary.json)")
+
+
+def sweep_figures(result: SweepResult) -> dict[str, bytes]:
+    """PNG files of a sweep: duration and cost against partition size, throughput against
+    world size, memory against partition size (CosmicAI's published figures overlaid), and
+    one run's per-rank timeline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures: dict[str, bytes] = {}
+    cells = result.cells
+    published_mb = [r["partition_mb"] for r in PUBLISHED_TABLE]
+    by_world: dict[int, list[Any]] = {}
+    per_partition = [c for c in cells if c.world_size == c.partitions]
+    for c in cells:
+        by_world.setdefault(c.world_size, []).append(c)
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for label, chosen in (("ours: one rank per partition", per_partition),):
+        xs = [c.partition_mb for c in chosen]
+        left.plot(xs, [c.median("map_wall_s") for c in chosen], "o-", label=f"{label}, Map wall")
+        left.plot(xs, [c.rank_handler(0.5) for c in chosen], "s--", label=f"{label}, rank p50")
+        right.plot(xs, [c.cost_per_gb for c in chosen], "o-", label=f"{label} (billed)")
+    left.plot(
+        published_mb,
+        [r["duration_s"] for r in PUBLISHED_TABLE],
+        "k^:",
+        label="CosmicAI published (per worker, 12.6 GB)",
+    )
+    gb = float(result.published_dataset["gigabytes"])
+    right.plot(
+        published_mb,
+        [r["cost"] / gb for r in PUBLISHED_TABLE],
+        "k^:",
+        label="CosmicAI published (duration × memory used)",
+    )
+    left.set(xlabel="partition size (MB)", ylabel="seconds", title="duration")
+    right.set(
+        xlabel="partition size (MB)",
+        ylabel="$ per GB",
+        yscale="log",
+        title=f"cost per GB ({result.config.memory_mb:,} MB configured)",
+    )
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    right.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    right.yaxis.set_minor_formatter(NullFormatter())
+    for ax in (left, right):
+        ax.legend(fontsize="small")
+        ax.grid(alpha=0.3)
+    figures["duration_cost.png"] = plots.png(fig)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for size in sorted({c.partition_mb for c in cells}):
+        chosen = sorted((c for c in cells if c.partition_mb == size), key=lambda c: c.world_size)
+        ax.plot(
+            [c.world_size for c in chosen],
+            [c.median("samples_per_s") for c in chosen],
+            "o-",
+            label=f"{size} MB",
+        )
+    ax.axvline(result.config.concurrency, color="0.5", ls="--", lw=1)
+    ax.set(
+        xlabel="world size (ranks)",
+        ylabel="samples/s over the Map's wall-clock",
+        xscale="log",
+        title=f"throughput (this machine: {result.config.concurrency} workers at once)",
+    )
+    ax.legend(fontsize="small", title="partition")
+    ax.grid(alpha=0.3)
+    figures["throughput.png"] = plots.png(fig)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    xs = [c.partition_mb for c in per_partition]
+    ax.plot(xs, [c.peak_rss_mb for c in per_partition], "o-", label="ours: worker peak RSS")
+    ax.plot(
+        xs,
+        [c.peak_rss_mb - c.max_partition_mb for c in per_partition],
+        "s--",
+        label="ours: peak RSS − partition bytes",
+    )
+    ax.plot(
+        published_mb,
+        [r["memory_gb"] * 1024 for r in PUBLISHED_TABLE],
+        "k^:",
+        label="CosmicAI published: memory used",
+    )
+    ax.set(xlabel="partition size (MB)", ylabel="MB", yscale="log", title="worker memory")
+    ax.set_yticks([250, 500, 1000, 2000, 4000, 8000])
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    figures["memory.png"] = plots.png(fig)
+    plt.close(fig)
+
+    if result.timeline:
+        fig = plots.timeline_figure(result.timeline, title=f"one run: {result.timeline_label}")
+        figures["timeline.png"] = plots.png(fig)
+        plt.close(fig)
+    return figures

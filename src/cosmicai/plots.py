@@ -18,7 +18,6 @@ import numpy as np
 from cosmicai.metrics import known_redshift
 
 if TYPE_CHECKING:
-    from cosmicai.bench.sweep import SweepResult
     from cosmicai.run_types import RankResult, Summary
 
 logger = logging.getLogger(__name__)
@@ -67,7 +66,7 @@ def run_figures(
             plt.close("all")
             continue
         try:
-            figures[name] = _png(fig)
+            figures[name] = png(fig)
         except Exception as exc:
             logger.warning("figure %s could not be saved: %s: %s", name, type(exc).__name__, exc)
         finally:
@@ -173,114 +172,8 @@ def timeline_figure(results: Sequence[RankResult], *, title: str) -> Any:
     return fig
 
 
-def _png(fig: Any) -> bytes:
+def png(fig: Any) -> bytes:
+    """A figure as PNG bytes."""
     out = io.BytesIO()
     fig.savefig(out, format="png", dpi=100, bbox_inches="tight")
     return out.getvalue()
-
-
-def sweep_figures(result: SweepResult) -> dict[str, bytes]:
-    """PNG files of a sweep: duration and cost against partition size, throughput against
-    world size, memory against partition size (CosmicAI's published figures overlaid), and
-    one run's per-rank timeline."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from cosmicai.bench.sweep import PUBLISHED_TABLE
-
-    figures: dict[str, bytes] = {}
-    cells = result.cells
-    published_mb = [r["partition_mb"] for r in PUBLISHED_TABLE]
-    by_world: dict[int, list[Any]] = {}
-    per_partition = [c for c in cells if c.world_size == c.partitions]
-    for c in cells:
-        by_world.setdefault(c.world_size, []).append(c)
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for label, chosen in (("ours: one rank per partition", per_partition),):
-        xs = [c.partition_mb for c in chosen]
-        left.plot(xs, [c.median("map_wall_s") for c in chosen], "o-", label=f"{label}, Map wall")
-        left.plot(xs, [c.rank_handler(0.5) for c in chosen], "s--", label=f"{label}, rank p50")
-        right.plot(xs, [c.cost_per_gb for c in chosen], "o-", label=f"{label} (billed)")
-    left.plot(
-        published_mb,
-        [r["duration_s"] for r in PUBLISHED_TABLE],
-        "k^:",
-        label="CosmicAI published (per worker, 12.6 GB)",
-    )
-    gb = float(result.published_dataset["gigabytes"])
-    right.plot(
-        published_mb,
-        [r["cost"] / gb for r in PUBLISHED_TABLE],
-        "k^:",
-        label="CosmicAI published (duration × memory used)",
-    )
-    left.set(xlabel="partition size (MB)", ylabel="seconds", title="duration")
-    right.set(
-        xlabel="partition size (MB)",
-        ylabel="$ per GB",
-        yscale="log",
-        title=f"cost per GB ({result.config.memory_mb:,} MB configured)",
-    )
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
-    right.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
-    right.yaxis.set_minor_formatter(NullFormatter())
-    for ax in (left, right):
-        ax.legend(fontsize="small")
-        ax.grid(alpha=0.3)
-    figures["duration_cost.png"] = _png(fig)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for size in sorted({c.partition_mb for c in cells}):
-        chosen = sorted((c for c in cells if c.partition_mb == size), key=lambda c: c.world_size)
-        ax.plot(
-            [c.world_size for c in chosen],
-            [c.median("samples_per_s") for c in chosen],
-            "o-",
-            label=f"{size} MB",
-        )
-    ax.axvline(result.config.concurrency, color="0.5", ls="--", lw=1)
-    ax.set(
-        xlabel="world size (ranks)",
-        ylabel="samples/s over the Map's wall-clock",
-        xscale="log",
-        title=f"throughput (this machine: {result.config.concurrency} workers at once)",
-    )
-    ax.legend(fontsize="small", title="partition")
-    ax.grid(alpha=0.3)
-    figures["throughput.png"] = _png(fig)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    xs = [c.partition_mb for c in per_partition]
-    ax.plot(xs, [c.peak_rss_mb for c in per_partition], "o-", label="ours: worker peak RSS")
-    ax.plot(
-        xs,
-        [c.peak_rss_mb - c.max_partition_mb for c in per_partition],
-        "s--",
-        label="ours: peak RSS − partition bytes",
-    )
-    ax.plot(
-        published_mb,
-        [r["memory_gb"] * 1024 for r in PUBLISHED_TABLE],
-        "k^:",
-        label="CosmicAI published: memory used",
-    )
-    ax.set(xlabel="partition size (MB)", ylabel="MB", yscale="log", title="worker memory")
-    ax.set_yticks([250, 500, 1000, 2000, 4000, 8000])
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
-    ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.legend(fontsize="small")
-    ax.grid(alpha=0.3)
-    figures["memory.png"] = _png(fig)
-    plt.close(fig)
-
-    if result.timeline:
-        fig = timeline_figure(result.timeline, title=f"one run: {result.timeline_label}")
-        figures["timeline.png"] = _png(fig)
-        plt.close(fig)
-    return figures

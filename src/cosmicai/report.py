@@ -29,7 +29,7 @@ def predictions_csv(predictions: dict[str, np.ndarray[Any, Any]]) -> bytes:
     return out.getvalue().encode()
 
 
-def _metric_rows(summary: Summary) -> list[tuple[str, str]]:
+def metric_rows(summary: Summary) -> list[tuple[str, str]]:
     m = summary.metrics
     excluded = (
         [
@@ -73,7 +73,7 @@ def _source(summary: Summary) -> str:
     return text
 
 
-def _performance_rows(summary: Summary) -> list[tuple[str, str]]:
+def performance_rows(summary: Summary) -> list[tuple[str, str]]:
     p = summary.performance
     c = p.cost
     return [
@@ -107,8 +107,8 @@ def summary_markdown(summary: Summary) -> str:
         lines += [f"- rank {r}: {why}" for r, why in sorted(summary.failed_ranks.items())]
         lines.append("")
     for title, rows in (
-        ("Accuracy", _metric_rows(summary)),
-        ("Performance", _performance_rows(summary)),
+        ("Accuracy", metric_rows(summary)),
+        ("Performance", performance_rows(summary)),
     ):
         lines += [f"## {title}", "", "| | |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in rows]
@@ -140,8 +140,8 @@ def print_summary(summary: Summary, console: Console, *, max_rank_rows: int = 16
     colour = {"ok": "green", "partial": "yellow", "failed": "red"}[summary.status]
     console.print(f"[bold]Run {summary.run_id}[/]: [{colour}]{summary.status}[/]")
     for title, rows in (
-        ("Accuracy", _metric_rows(summary)),
-        ("Performance", _performance_rows(summary)),
+        ("Accuracy", metric_rows(summary)),
+        ("Performance", performance_rows(summary)),
     ):
         table = Table(title=title, show_header=False, title_justify="left")
         table.add_column(style="bold")

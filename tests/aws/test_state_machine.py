@@ -2,8 +2,10 @@
 
 moto runs the definition (Initialize -> Distributed Map -> Summarize) and invokes Lambda
 through its Docker-free backend, which by default echoes the payload; the test patches that
-one method to call our handlers in-process. The interpreter's gaps are bridged here, never
-in the production ASL (DESIGN.md §7).
+one method to call our handlers in-process. The interpreter's gaps (no EXPRESS children, no
+integer ToleratedFailurePercentage; a failed child yields null while the execution succeeds,
+so item counts are asserted through DescribeMapRun) are bridged here, never in the production
+ASL.
 """
 
 from __future__ import annotations
