@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -253,7 +254,6 @@ def plan_grid(
 def calibration_from_sweep(path: str) -> Calibration:
     """The profile a sweep measured (``sweep.json``)."""
     import json
-    from pathlib import Path
 
     data = json.loads(Path(path).read_text())
     p = data["profile"]

@@ -24,7 +24,14 @@ from pydantic import BaseModel, Field
 
 from cosmicai.bench.machine import machine
 from cosmicai.constants import DEFAULT_MODEL
-from cosmicai.run_types import RankResult
+from cosmicai.data.format import BYTES_PER_SAMPLE
+from cosmicai.data.partitioner import read_partitions, repartition, write_dataset_index
+from cosmicai.data.synth import synthesize
+from cosmicai.local import run_local
+from cosmicai.model import RedshiftModel, load_model_bytes
+from cosmicai.request import parse_request
+from cosmicai.run_types import RankResult, RunLayout
+from cosmicai.storage import parse_location
 
 MIB = 2**20
 
@@ -163,10 +170,6 @@ class SweepResult(BaseModel):
 
 def _prepare(store: Path, config: SweepConfig, say: Callable[[str], None]) -> dict[int, int]:
     """Render the dataset once, cut it into each partition size; partitions per size."""
-    from cosmicai.data.format import BYTES_PER_SAMPLE
-    from cosmicai.data.partitioner import read_partitions, repartition, write_dataset_index
-    from cosmicai.data.synth import synthesize
-    from cosmicai.storage import parse_location
 
     source = parse_location(str(store / "sweep" / "source"))
     samples = config.dataset_mb * MIB // BYTES_PER_SAMPLE
@@ -217,7 +220,6 @@ def _figures(summary: Any, results: Sequence[Any]) -> RunFigures:
 
 
 def _results(store: Path, bucket: str, run_prefix: str, world: int) -> list[Any]:
-    from cosmicai.run_types import RankResult, RunLayout
 
     layout = RunLayout(run_prefix)
     found = []
@@ -260,9 +262,6 @@ def profile_of(cells: Sequence[Cell], store_results: Sequence[Any]) -> Profile:
 def run_sweep(
     config: SweepConfig, workdir: Path, *, say: Callable[[str], None] = print
 ) -> SweepResult:
-    from cosmicai.local import run_local
-    from cosmicai.model import RedshiftModel, load_model_bytes
-    from cosmicai.request import parse_request
 
     # A model that cannot load would fail every rank of every cell: say so once, up front.
     RedshiftModel(load_model_bytes(config.model), name=config.model)
