@@ -347,6 +347,111 @@ def aws_summary(run_id: str, stack: StackOption) -> None:
     print_summary(summary, console)
 
 
+@model_app.command("export")
+def model_export(
+    checkpoint: Annotated[Path, typer.Argument(help="AstroMAE checkpoint (.pt).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="ONNX file to write.")],
+    config: Annotated[
+        Path | None,
+        typer.Option(help="JSON of AstroMAEConfig widths, for a state_dict without one."),
+    ] = None,
+) -> None:
+    """AstroMAE checkpoint -> ONNX (dynamic batch, preprocessing inside), checked by the ONNX
+    checker and against torch on a fixed batch (fails if max |dz| > 1e-4). Needs the
+    'astromae' extra (torch, onnx). Takes our checkpoints, plain state_dicts and pickled
+    whole models (read without running their code)."""
+    import json
+
+    try:
+        from cosmicai.astromae.export import PARITY_TOLERANCE, export_checkpoint
+        from cosmicai.astromae.network import AstroMAEConfig
+    except ImportError as exc:
+        _fail(
+            CosmicAIError(
+                f"export needs the 'astromae' extra (pip install 'cosmicai[astromae]'): {exc}"
+            )
+        )
+    try:
+        widths = AstroMAEConfig.from_dict(json.loads(config.read_text())) if config else None
+        result = export_checkpoint(checkpoint, out, config=widths)
+    except (CosmicAIError, OSError, ValueError) as exc:
+        _fail(exc)
+    console.print(
+        f"wrote {result.path} ({result.bytes / 1e6:.1f} MB, {result.parameters:,} parameters); "
+        f"parity ORT vs torch on {result.parity_samples} galaxies: max |dz| "
+        f"{result.max_abs_diff:.2e} (limit {PARITY_TOLERANCE:g})"
+    )
+
+
+@model_app.command("quantize")
+def model_quantize(
+    model: Annotated[str, typer.Argument(help="fp32 ONNX model: a path or builtin:NAME.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="INT8 ONNX file to write.")],
+    method: Annotated[
+        str, typer.Option(help="'static' (calibrated on training galaxies) or 'dynamic'.")
+    ] = "static",
+    test_samples: Annotated[int, typer.Option(min=1, help="Rendered test galaxies.")] = 5000,
+    calibration_samples: Annotated[int, typer.Option(min=1)] = 512,
+    max_mae_increase: Annotated[float, typer.Option(help="Relative, e.g. 0.02 = 2%.")] = 0.02,
+    max_nmad_increase: Annotated[float, typer.Option(help="Relative, e.g. 0.03 = 3%.")] = 0.03,
+    keep_fp32: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Node-name prefix left in fp32 (repeatable; default: first magnitude layer)."
+        ),
+    ] = None,
+    threads: Annotated[int, typer.Option(min=1)] = os.cpu_count() or 1,
+) -> None:
+    """INT8 copy of an ONNX model (MatMul/Gemm only, signed 8-bit weights), written only if
+    it keeps its accuracy on the rendered test split: MAE may grow by at most 2%, NMAD by 3%.
+    Otherwise both models' figures are printed and the command exits 1."""
+    from cosmicai.model import load_model_bytes
+    from cosmicai.quantize import DEFAULT_EXCLUDE, Split, accuracy_guard, quantize
+
+    if method not in ("static", "dynamic"):
+        raise typer.BadParameter(f"method must be 'static' or 'dynamic', not {method!r}")
+    try:
+        fp32 = load_model_bytes(model)
+        calibration = (
+            Split.rendered("train", calibration_samples, 1000) if method == "static" else None
+        )
+        int8 = quantize(
+            fp32,
+            method=method,  # type: ignore[arg-type]
+            exclude=tuple(keep_fp32) if keep_fp32 else DEFAULT_EXCLUDE,
+            calibration=calibration,
+        )
+        guard = accuracy_guard(
+            fp32,
+            int8,
+            Split.rendered("test", test_samples, 2000),
+            max_mae_increase=max_mae_increase,
+            max_nmad_increase=max_nmad_increase,
+            threads=threads,
+        )
+    except CosmicAIError as exc:
+        _fail(exc)
+    for label, m in (("fp32", guard.fp32), ("int8", guard.int8)):
+        console.print(
+            f"{label}: MAE {m.mae:.5f}  NMAD {m.nmad:.5f}  bias {m.bias:+.5f}  "
+            f"outliers {m.outlier_fraction:.4f}  ({m.samples} test galaxies)"
+        )
+    console.print(
+        f"change: MAE {guard.mae_change:+.2%} (limit +{max_mae_increase:.0%}), "
+        f"NMAD {guard.nmad_change:+.2%} (limit +{max_nmad_increase:.0%})"
+    )
+    if not guard.passed:
+        err_console.print(
+            "[bold red]refused:[/] the INT8 model loses too much accuracy; nothing written"
+        )
+        raise typer.Exit(1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(int8)
+    console.print(
+        f"wrote {out} ({len(int8) / 1e6:.1f} MB, {method} INT8, from {len(fp32) / 1e6:.1f} MB)"
+    )
+
+
 def main() -> None:  # pragma: no cover - console entry point for `python -m cosmicai`
     try:
         app()
