@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from cosmicai import __version__
-from cosmicai.constants import ENV_STORAGE
+from cosmicai.constants import DEMO_MODEL, ENV_STORAGE
 from cosmicai.exceptions import CosmicAIError, InvalidRequestError
 from cosmicai.rendezvous.cli import app as rendezvous_app
 
@@ -151,9 +151,16 @@ def demo(
     partition_size: Annotated[str, typer.Option(help="Size of each partition.")] = "10MB",
     workers: Annotated[int, typer.Option(min=1, help="Ranks running at once.")] = 2,
     seed: int = 0,
+    model: Annotated[
+        str,
+        typer.Option(
+            help="ONNX model: AstroMAE INT8 (CosmicAI's workload) by default; "
+            "builtin:reference is the small CNN."
+        ),
+    ] = DEMO_MODEL,
 ) -> None:
     """The whole pipeline on this machine: render SDSS test galaxies into partitions, run
-    the reference model over them with one rank per partition, print the summary."""
+    AstroMAE (INT8) over them with one rank per partition, print the summary."""
     from cosmicai.data.format import BYTES_PER_SAMPLE
     from cosmicai.data.partitioner import samples_per_partition
     from cosmicai.data.synth import synthesize
@@ -179,7 +186,7 @@ def demo(
             f"{len(written)} partitions under {dataset}"
         )
     request = parse_request(
-        {"bucket": "cosmicai-demo", "data_prefix": dataset.name, "batch_size": 256}
+        {"bucket": "cosmicai-demo", "data_prefix": dataset.name, "batch_size": 256, "model": model}
     )
     console.print(f"Run request: {request.model_dump_json(exclude_defaults=True)}", soft_wrap=True)
     _run(request, str(store), workers)
@@ -450,6 +457,51 @@ def model_quantize(
     console.print(
         f"wrote {out} ({len(int8) / 1e6:.1f} MB, {method} INT8, from {len(fp32) / 1e6:.1f} MB)"
     )
+
+
+@bench_app.command("model")
+def bench_model(
+    fp32: Annotated[str, typer.Option(help="fp32 ONNX model.")] = "builtin:astromae",
+    int8: Annotated[str, typer.Option(help="INT8 ONNX model.")] = "builtin:astromae-int8",
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="AstroMAE checkpoint for torch (default: random weights).")
+    ] = None,
+    threads: Annotated[list[int] | None, typer.Option(help="Thread counts (repeatable).")] = None,
+    batch: Annotated[int, typer.Option(min=1)] = 512,
+    samples: Annotated[int, typer.Option(min=1, help="Galaxies per measurement.")] = 1024,
+    rounds: Annotated[int, typer.Option(min=1)] = 5,
+    rss_batches: Annotated[int, typer.Option(min=1)] = 10,
+    out: Annotated[Path, typer.Option(help="Figures: OUT.json and OUT.md.")] = Path(
+        "docs/astromae-bench"
+    ),
+) -> None:
+    """torch eager (fp32, bf16 autocast) vs ORT fp32 vs ORT INT8 on the same galaxies, 1 thread
+    and all cores, interleaved; plus peak RSS and import + load time of a fresh worker."""
+    import json
+
+    from cosmicai.bench.model import markdown, run_bench
+    from cosmicai.model import available_cpus
+
+    counts = sorted(set(threads or [1, available_cpus()]))
+    try:
+        report = run_bench(
+            fp32=fp32,
+            int8=int8,
+            checkpoint=checkpoint,
+            threads=counts,
+            batch=batch,
+            samples=samples,
+            rounds=rounds,
+            rss_batches=rss_batches,
+            work=Path(".bench"),
+        )
+    except (CosmicAIError, RuntimeError) as exc:
+        _fail(exc)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    text = markdown(report)
+    out.with_suffix(".md").write_text(text)
+    console.print(text, soft_wrap=True, highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console entry point for `python -m cosmicai`

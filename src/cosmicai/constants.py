@@ -36,6 +36,9 @@ ENV_RENDEZVOUS = "COSMICAI_RENDEZVOUS"
 DEFAULT_RUNS_PREFIX = "runs/"
 BUILTIN_MODEL_PREFIX = "builtin:"
 DEFAULT_MODEL = "builtin:reference"
+#: What `cosmicai demo` runs: AstroMAE, the CosmicAI workload, quantized to INT8 (it passed the
+#: accuracy guard of `cosmicai model quantize`; docs/astromae.md).
+DEMO_MODEL = "builtin:astromae-int8"
 
 # The rendezvous server (`cosmicai rendezvous serve`) and its clients. The secret is shared by
 # the server and every worker of a deployment; ECS and Lambda inject it from Secrets Manager.

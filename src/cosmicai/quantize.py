@@ -18,6 +18,7 @@ refuses it when MAE grows by more than ``max_mae_increase`` or NMAD by more than
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -147,6 +148,20 @@ def quantize(
     calibration: Split | None = None,
 ) -> bytes:
     """An INT8 copy of ``fp32`` (MatMul/Gemm only, s8 weights, ``exclude`` kept fp32)."""
+    # ORT's quantizer advises "pre-processing" on the root logger at every call; the graph
+    # is already optimised by the exporter, so the advice is noise on the command line.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        return _quantize(fp32, method, exclude, calibration)
+    finally:
+        root.setLevel(level)
+
+
+def _quantize(
+    fp32: bytes, method: Method, exclude: tuple[str, ...], calibration: Split | None
+) -> bytes:
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
