@@ -179,7 +179,9 @@ def _quantize(
                 src,
                 dst,
                 op_types_to_quantize=["MatMul", "Gemm"],
-                nodes_to_exclude=excluded,
+                # The dynamic quantizer rewrites Gemm as MatMul + Add before it looks at
+                # exclusions, under the Gemm's name + "_MatMul".
+                nodes_to_exclude=[*excluded, *(f"{n}_MatMul" for n in excluded)],
                 weight_type=QuantType.QInt8,
             )
         else:

@@ -102,16 +102,17 @@ def test_guard_refuses_a_model_that_lost_accuracy(tiny_onnx: Path, test_split: S
     import onnx
     from onnx import numpy_helper
 
-    # GIVEN a candidate whose last layer's bias was pushed off by 0.05 in redshift
+    # GIVEN a candidate whose last layer's weights were scaled up twentyfold (its scatter,
+    # hence NMAD and MAE, grows whatever the untrained model predicts)
     fp32 = tiny_onnx.read_bytes()
     graph = onnx.load_from_string(fp32)
-    bias = next(t for t in graph.graph.initializer if t.name == "head.2.bias")
-    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + 0.05, bias.name))
+    weight = next(t for t in graph.graph.initializer if t.name == "head.2.weight")
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 20, weight.name))
     # WHEN the guard compares it with the fp32 model
     guard = accuracy_guard(fp32, graph.SerializeToString(), test_split)
     # THEN it refuses, and says why
     assert not guard.passed
-    assert guard.mae_change > 0.02
+    assert guard.nmad_change > 0.03
 
 
 @pytest.mark.slow
@@ -127,10 +128,14 @@ def test_int8_quantizes_matmuls_only_and_keeps_magnitude_input_fp32(
         calibration=Split.rendered("train", 64, 1000),
     )
     ops = {n.op_type for n in onnx.load_from_string(int8).graph.node}
-    names = [n.name for n in onnx.load_from_string(int8).graph.node]
     assert "Conv" in ops and "ConvInteger" not in ops and "QLinearConv" not in ops
     assert ops & {"MatMulInteger", "QLinearMatMul", "DynamicQuantizeMatMul", "QGemm"}
-    assert "/magnitude_mlp/magnitude_mlp.0/Gemm" in names
+    first_magnitude_layer = {
+        n.op_type
+        for n in onnx.load_from_string(int8).graph.node
+        if n.name.startswith("/magnitude_mlp/magnitude_mlp.0/")
+    }
+    assert first_magnitude_layer and first_magnitude_layer <= {"Gemm", "MatMul", "Add"}
 
 
 @pytest.mark.slow
