@@ -11,7 +11,7 @@ quantize commands judge the model on it).
 
 The ViT encoder is frozen, as in AstroMAE's fine-tuning — but at its random initialisation,
 because masked-autoencoder pretraining is far beyond a 2-core budget. Its pooled features are
-therefore computed once, and training runs the trainable 9.0M parameters (ViT head, Inception
+therefore computed once, and training runs the trainable 10.4M parameters (ViT head, Inception
 branch, magnitude MLP, joint head). Someone with a pretrained encoder loads it with
 --encoder CHECKPOINT and trains the same way.
 

@@ -395,8 +395,12 @@ def model_quantize(
     model: Annotated[str, typer.Argument(help="fp32 ONNX model: a path or builtin:NAME.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="INT8 ONNX file to write.")],
     method: Annotated[
-        str, typer.Option(help="'static' (calibrated on training galaxies) or 'dynamic'.")
-    ] = "static",
+        str,
+        typer.Option(
+            help="'dynamic' (activation ranges per batch; about 1.9x faster here) or 'static' "
+            "(calibrated once on training galaxies)."
+        ),
+    ] = "dynamic",
     test_samples: Annotated[int, typer.Option(min=1, help="Rendered test galaxies.")] = 5000,
     calibration_samples: Annotated[int, typer.Option(min=1)] = 512,
     max_mae_increase: Annotated[float, typer.Option(help="Relative, e.g. 0.02 = 2%.")] = 0.02,

@@ -98,9 +98,11 @@ def accuracy_guard(
     max_mae_increase: float = MAX_MAE_INCREASE,
     max_nmad_increase: float = MAX_NMAD_INCREASE,
     threads: int = 1,
+    fp32_metrics: RedshiftMetrics | None = None,
 ) -> GuardResult:
-    """Both models' metrics on ``data`` and the relative changes the guard judges."""
-    a = evaluate(fp32, data, threads=threads)
+    """Both models' metrics on ``data`` and the relative changes the guard judges
+    (``fp32_metrics``: the fp32 model's, when already measured on ``data``)."""
+    a = fp32_metrics or evaluate(fp32, data, threads=threads)
     b = evaluate(candidate, data, threads=threads)
     return GuardResult(
         fp32=a,
