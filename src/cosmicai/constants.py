@@ -10,7 +10,7 @@ from __future__ import annotations
 ENV_STORAGE = "COSMICAI_STORAGE"
 #: ONNX Runtime intra-op threads per worker (Lambda gives about one vCPU per 1,769 MB).
 ENV_ORT_THREADS = "COSMICAI_ORT_THREADS"
-#: "1" turns ONNX Runtime's CPU memory arena on (off by default: lower peak RSS, same speed).
+#: "0" turns ONNX Runtime's CPU memory arena off (on by default: lower peak RSS, same speed).
 ENV_ORT_ARENA = "COSMICAI_ORT_ARENA"
 #: Configured Lambda memory of the worker, used for the cost estimate when the request omits it.
 ENV_WORKER_MEMORY_MB = "COSMICAI_WORKER_MEMORY_MB"

@@ -36,11 +36,11 @@ def test_bad_thread_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
         default_threads()
 
 
-def test_arena_is_off_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_arena_is_on_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ENV_ORT_ARENA, raising=False)
-    assert default_arena() is False
-    monkeypatch.setenv(ENV_ORT_ARENA, "1")
     assert default_arena() is True
+    monkeypatch.setenv(ENV_ORT_ARENA, "0")
+    assert default_arena() is False
 
 
 def test_fp32_astromae_missing_from_a_layer_points_to_s3(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -213,8 +213,8 @@ def run_bench(
             engines += _torch_engines(checkpoint, t)
         except ImportError as exc:
             torch_error = f"torch engines skipped: {exc}"
-        engines.append(_ort_engine("ORT fp32", fp32, t, arena=False))
-        engines.append(_ort_engine("ORT INT8", int8, t, arena=False))
+        engines.append(_ort_engine("ORT fp32", fp32, t, arena=True))
+        engines.append(_ort_engine("ORT INT8", int8, t, arena=True))
     measured = throughput(engines, images[:samples], mags[:samples], batch=batch, rounds=rounds)
     rows = []
     for (name, t), r in measured.items():
