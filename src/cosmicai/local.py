@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from typing import TYPE_CHECKING, Any
 
+from cosmicai.constants import ENV_ORT_THREADS
 from cosmicai.exceptions import CosmicAIError
+from cosmicai.model import available_cpus
 from cosmicai.pipeline import (
     RunPointer,
     Summary,
@@ -184,6 +186,14 @@ def _run_stages(
             for rank in range(plan.world_size)
         ]
         stage = bar.add_task("Distributed Test", total=len(items))
+        if ENV_ORT_THREADS not in os.environ:
+            # The ranks running at once share this machine's CPUs, as Lambdas each have their
+            # own: split them, so that workers' ONNX Runtime pools do not oversubscribe it.
+            running = max(1, min(workers, len(items)))
+            environment = {
+                **environment,
+                ENV_ORT_THREADS: str(max(1, available_cpus() // running)),
+            }
         with ProcessPoolExecutor(
             max_workers=max(1, min(workers, len(items))),
             mp_context=get_context("spawn"),
