@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 # Reinstall when the project's dependencies change.
 STAMP_RUN := $(VENV)/.stamp-run-$(shell cksum pyproject.toml | cut -d' ' -f1)
 STAMP_DEV := $(VENV)/.stamp-dev-$(shell cksum pyproject.toml | cut -d' ' -f1)
-# torch is needed only by the CosmicAI .pt converter and its tests. 2.13.0 is the CPU build
+# torch is needed only by the CosmicAI .pt converter, AstroMAE training/export and their
+# tests. 2.13.0 is the CPU build
 # this project's machines keep on disk; elsewhere pip would fetch a multi-GB CUDA build, so
 # the install is allowed to fail and the converter tests then skip.
 TORCH_SPEC ?= torch==2.13.0
@@ -26,7 +27,7 @@ $(STAMP_RUN):
 
 $(STAMP_DEV): $(STAMP_RUN)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	-$(BIN)/python -m pip install --quiet '$(TORCH_SPEC)' || echo "torch not installed: converter tests will skip"
+	-$(BIN)/python -m pip install --quiet '$(TORCH_SPEC)' || echo "torch not installed: converter and AstroMAE torch tests will skip"
 	touch $@
 
 $(STAMP_SAM):

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 SETUP = REPO / "scripts" / "localaws" / "setup.sh"
 LAUNCHER = REPO / "scripts" / "localaws" / "launcher.py"
 REGION = "us-east-1"

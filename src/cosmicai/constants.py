@@ -10,6 +10,8 @@ from __future__ import annotations
 ENV_STORAGE = "COSMICAI_STORAGE"
 #: ONNX Runtime intra-op threads per worker (Lambda gives about one vCPU per 1,769 MB).
 ENV_ORT_THREADS = "COSMICAI_ORT_THREADS"
+#: "0" turns ONNX Runtime's CPU memory arena off (on by default: lower peak RSS, same speed).
+ENV_ORT_ARENA = "COSMICAI_ORT_ARENA"
 #: Configured Lambda memory of the worker, used for the cost estimate when the request omits it.
 ENV_WORKER_MEMORY_MB = "COSMICAI_WORKER_MEMORY_MB"
 #: Objects larger than this are fetched from S3 with concurrent ranged GETs.
@@ -36,6 +38,9 @@ ENV_RENDEZVOUS = "COSMICAI_RENDEZVOUS"
 DEFAULT_RUNS_PREFIX = "runs/"
 BUILTIN_MODEL_PREFIX = "builtin:"
 DEFAULT_MODEL = "builtin:reference"
+#: What `cosmicai demo` runs: AstroMAE, the CosmicAI workload, quantized to INT8 (it passed the
+#: accuracy guard of `cosmicai model quantize`; docs/astromae.md).
+DEMO_MODEL = "builtin:astromae-int8"
 
 # The rendezvous server (`cosmicai rendezvous serve`) and its clients. The secret is shared by
 # the server and every worker of a deployment; ECS and Lambda inject it from Secrets Manager.

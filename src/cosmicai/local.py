@@ -25,13 +25,14 @@ from multiprocessing.connection import wait as connection_wait
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
-from cosmicai.constants import ENV_RENDEZVOUS, ENV_RENDEZVOUS_SECRET
+from cosmicai.constants import ENV_ORT_THREADS, ENV_RENDEZVOUS, ENV_RENDEZVOUS_SECRET
 from cosmicai.exceptions import (
     CosmicAIError,
     InvalidRequestError,
     ObjectNotFoundError,
     RunExistsError,
 )
+from cosmicai.model import available_cpus
 from cosmicai.pipeline import (
     existing_pointer,
     initialize,
@@ -445,13 +446,16 @@ def _run_stages(
                 _record_lost_rank(storage, pointer, layout, rank, error)
             bar.advance(stage)
 
-        pool = _WorkerPool(
-            max(1, min(workers, len(items))),
-            storage_spec,
-            request.model,
-            request.ort_threads,
-            on_rank_start,
-        )
+        running = max(1, min(workers, len(items)))
+        threads = request.ort_threads or int(os.environ.get(ENV_ORT_THREADS) or 0)
+        if not threads:
+            # The ranks running at once share this machine's CPUs, as Lambdas each have their
+            # own: split them, so that workers' ONNX Runtime pools do not oversubscribe it.
+            threads = max(1, available_cpus() // running)
+        # The workers load the model with these threads before their first rank, and the rank
+        # asks for the same (through the environment): one session per worker.
+        environment = {**environment, ENV_ORT_THREADS: str(threads)}
+        pool = _WorkerPool(running, storage_spec, request.model, threads, on_rank_start)
         try:
             pool.run(items, environment, done)
         finally:

@@ -15,6 +15,8 @@ import resource
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import numpy as np
@@ -23,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from cosmicai import plots
 from cosmicai.constants import ENV_MAP_CHILD_TYPE
 from cosmicai.cost import billed_ms, estimate_cost
-from cosmicai.data.format import decode_partition, decode_tensors, encode_tensors
+from cosmicai.data.format import Partition, decode_partition, decode_tensors, encode_tensors
 from cosmicai.data.partitioner import DATASET_INDEX, list_numbered
 from cosmicai.exceptions import (
     BadModelError,
@@ -283,6 +285,31 @@ def load_manifest(storage: Storage, pointer: RunPointer) -> list[WorkItem]:
 # -- Worker --------------------------------------------------------------------------------
 
 
+def _read_partition(storage: Storage, bucket: str, key: str) -> tuple[bytes | bytearray, Partition]:
+    raw = storage.get(bucket, key)  # not copied: the partition's arrays are views of it
+    return raw, decode_partition(raw, name=f"partition {bucket}/{key}")
+
+
+def _prefetched(
+    storage: Storage, bucket: str, refs: Sequence[PartitionRef]
+) -> Iterator[tuple[PartitionRef, bytes | bytearray, Partition, float]]:
+    """Each partition with the seconds inference waited for it; the next one is read while
+    the caller infers the current one (ORT releases the GIL), so a rank with several
+    partitions waits on storage once. At most two partitions are in memory."""
+    if not refs:
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
+        pending = pool.submit(_read_partition, storage, bucket, refs[0].key)
+        for i, ref in enumerate(refs):
+            t0 = time.perf_counter()
+            raw, partition = pending.result()
+            waited = time.perf_counter() - t0
+            if i + 1 < len(refs):
+                pending = pool.submit(_read_partition, storage, bucket, refs[i + 1].key)
+            yield ref, raw, partition, waited
+            del raw, partition
+
+
 def run_rank(
     item: WorkItem, storage: Storage, *, cold_start_s: float = 0.0, cold_start_cpu_s: float = 0.0
 ) -> RankResult:
@@ -339,14 +366,13 @@ def run_rank(
         request = plan.request
         model = get_model(request.model, threads=request.ort_threads, storage=storage)
         chunks: dict[str, list[np.ndarray[Any, Any]]] = {name: [] for name in PREDICTIONS}
-        for ref in plan.ranks[item.rank].partitions:
-            t0 = time.perf_counter()
-            raw = storage.get(plan.data_bucket, ref.key)
-            partition = decode_partition(raw, name=f"partition {plan.data_bucket}/{ref.key}")
+        for ref, raw, partition, waited in _prefetched(
+            storage, plan.data_bucket, plan.ranks[item.rank].partitions
+        ):
             t1, c1 = time.perf_counter(), time.process_time()
             for batch in partition.batches(request.batch_size):
                 chunks["z_pred"].append(model.predict(batch.images, batch.magnitudes))
-            timings.read_s += t1 - t0
+            timings.read_s += waited
             timings.inference_s += time.perf_counter() - t1
             timings.inference_cpu_s += time.process_time() - c1
             chunks["object_id"].append(np.array(partition.object_id))

@@ -113,8 +113,12 @@ class RunRequest(BaseModel):
     architecture: Literal["x86_64", "arm64"] = Field(
         default="x86_64", description="Worker architecture, for the price per GB-second."
     )
-    ort_threads: int = Field(
-        default=1, ge=1, le=64, description="ONNX Runtime intra-op threads per worker."
+    ort_threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="ONNX Runtime intra-op threads per worker; default COSMICAI_ORT_THREADS, "
+        "else the vCPUs the worker really has (affinity and cgroup quota, not the host's).",
     )
     communicator: Literal["off", "direct", "store"] = Field(
         default="off",

@@ -192,8 +192,12 @@ def test_built_functions_fit_lambda_limits(
             print(f"  {name:20s} {_size(sam_build / name) / 2**20:7.1f} MB")
         for function, size in sizes.items():
             print(f"  {function:20s} {size / 2**20:7.1f} MB in all")
-    # the package layer carries the reference model the default request names
-    assert (sam_build / "CosmicaiLayer/python/cosmicai/models/reference.onnx").is_file()
+    # the package layer carries the reference model the default request names and the INT8
+    # AstroMAE the demo runs; the fp32 AstroMAE is left for S3
+    models = sam_build / "CosmicaiLayer/python/cosmicai/models"
+    assert (models / "reference.onnx").is_file()
+    assert (models / "astromae-int8.onnx").is_file()
+    assert not (models / "astromae.onnx").exists()
 
 
 @pytest.mark.slow

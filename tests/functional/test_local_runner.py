@@ -28,15 +28,23 @@ from harness.net import free_port
 pytestmark = pytest.mark.slow
 
 
-def test_demo_predicts_far_better_than_the_mean(tmp_path: Path) -> None:
-    # GIVEN the demo, in small: 3 partitions of 1 MB of rendered SDSS test galaxies
+@pytest.mark.parametrize("model", [None, "builtin:reference"])
+def test_demo_predicts_far_better_than_the_mean(tmp_path: Path, model: str | None) -> None:
+    # GIVEN the demo, in small: 3 partitions of 1 MB of rendered SDSS test galaxies, with its
+    # default model (AstroMAE INT8) or the small reference CNN named
     args = ["demo", "--dir", str(tmp_path), "--partitions", "3", "--partition-size", "1MB"]
+    args += ["--model", model] if model else []
     # WHEN it runs
     result = CliRunner().invoke(app, args)
-    # THEN it succeeds, every galaxy is predicted, and the reference model beats the mean
+    # THEN it succeeds with the model asked for, every galaxy is predicted, and it beats
+    # the mean by far
     assert result.exit_code == 0, result.output
     (summary_file,) = (tmp_path / "store" / "cosmicai-demo" / "runs").glob("*/summary.json")
     summary = json.loads(summary_file.read_text())
+    (plan_file,) = (tmp_path / "store" / "cosmicai-demo" / "runs").glob("*/plan.json")
+    assert json.loads(plan_file.read_text())["request"]["model"] == (
+        model or "builtin:astromae-int8"
+    )
     assert summary["status"] == "ok"
     assert summary["world_size"] == 3
     assert summary["samples"] == summary["samples_with_redshift"] == 3 * 51

@@ -1,0 +1,215 @@
+"""AstroMAE to ONNX Runtime: export with parity, INT8 with its accuracy guard, the built-in
+models in a pipeline run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cosmicai.cli import app
+from cosmicai.data.format import encode_partition
+from cosmicai.model import RedshiftModel, builtin_models
+from cosmicai.pipeline import initialize, run_rank, summarize
+from cosmicai.quantize import Split, accuracy_guard, quantize
+from cosmicai.request import parse_request
+from cosmicai.run_types import WorkItem
+from cosmicai.storage import LocalStorage
+from harness.data import BUCKET
+from harness.pickles import ShellPayload
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch = pytest.importorskip("torch")
+    from cosmicai.astromae.checkpoint import save_checkpoint
+    from cosmicai.astromae.network import AstroMAE, AstroMAEConfig
+
+    torch.manual_seed(0)
+    model = AstroMAE(AstroMAEConfig.tiny())
+    train = Split.rendered("train", 256, 1000)
+    model.preprocess.fit(train.images, train.magnitudes)
+    path = tmp_path_factory.mktemp("astromae") / "tiny.pt"
+    save_checkpoint(model, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny_checkpoint: Path) -> Path:
+    out = tiny_checkpoint.with_suffix(".onnx")
+    result = runner.invoke(app, ["model", "export", str(tiny_checkpoint), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def test_split() -> Split:
+    return Split.rendered("test", 256, 2000)
+
+
+@pytest.mark.slow
+def test_export_writes_a_dynamic_batch_model_equal_to_torch(
+    tiny_checkpoint: Path, tiny_onnx: Path
+) -> None:
+    import onnx
+    import torch
+
+    from cosmicai.astromae.checkpoint import load_checkpoint
+
+    # GIVEN the exported file
+    graph = onnx.load(str(tiny_onnx)).graph
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    # WHEN it runs in ONNX Runtime on batches of sizes the export never saw
+    session = RedshiftModel(tiny_onnx.read_bytes())
+    model = load_checkpoint(tiny_checkpoint)
+    data = Split.rendered("test", 37, 7)
+    got = session.predict(data.images, data.magnitudes)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(data.images), torch.from_numpy(data.magnitudes))
+    # THEN it gives torch's redshifts, preprocessing included
+    assert got.shape == (37,)
+    assert np.max(np.abs(got - expected.numpy())) <= 1e-4
+
+
+@pytest.mark.slow
+def test_export_reports_parity(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["model", "export", str(tiny_checkpoint), "-o", str(tmp_path / "m.onnx")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "max |dz|" in result.output
+    assert (tmp_path / "m.onnx").is_file()
+
+
+def test_export_of_a_malicious_checkpoint_fails_cleanly(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+
+    marker = tmp_path / "pwned"
+    torch.save(ShellPayload(marker), tmp_path / "evil.pt")
+    result = runner.invoke(
+        app, ["model", "export", str(tmp_path / "evil.pt"), "-o", str(tmp_path / "m.onnx")]
+    )
+    assert result.exit_code == 1
+    assert "refused" in result.output
+    assert not marker.exists() and not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.slow
+def test_guard_refuses_a_model_that_lost_accuracy(tiny_onnx: Path, test_split: Split) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    # GIVEN a candidate whose last layer's weights were scaled up twentyfold (its scatter,
+    # hence NMAD and MAE, grows whatever the untrained model predicts)
+    fp32 = tiny_onnx.read_bytes()
+    graph = onnx.load_from_string(fp32)
+    weight = next(t for t in graph.graph.initializer if t.name == "head.2.weight")
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 20, weight.name))
+    # WHEN the guard compares it with the fp32 model
+    guard = accuracy_guard(fp32, graph.SerializeToString(), test_split)
+    # THEN it refuses, and says why
+    assert not guard.passed
+    assert guard.nmad_change > 0.03
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["dynamic", "static"])
+def test_int8_quantizes_matmuls_only_and_keeps_magnitude_input_fp32(
+    tiny_onnx: Path, method: str
+) -> None:
+    import onnx
+
+    int8 = quantize(
+        tiny_onnx.read_bytes(),
+        method=method,  # type: ignore[arg-type]
+        calibration=Split.rendered("train", 64, 1000),
+    )
+    ops = {n.op_type for n in onnx.load_from_string(int8).graph.node}
+    assert "Conv" in ops and "ConvInteger" not in ops and "QLinearConv" not in ops
+    assert ops & {"MatMulInteger", "QLinearMatMul", "DynamicQuantizeMatMul", "QGemm"}
+    first_magnitude_layer = {
+        n.op_type
+        for n in onnx.load_from_string(int8).graph.node
+        if n.name.startswith("/magnitude_mlp/magnitude_mlp.0/")
+    }
+    assert first_magnitude_layer and first_magnitude_layer <= {"Gemm", "MatMul", "Add"}
+
+
+@pytest.mark.slow
+def test_quantize_command_prints_both_models_and_refuses_past_its_limit(
+    tiny_onnx: Path, tmp_path: Path
+) -> None:
+    # GIVEN limits no INT8 copy can meet (MAE and NMAD must fall by half)
+    out = tmp_path / "int8.onnx"
+    args = ["model", "quantize", str(tiny_onnx), "-o", str(out), "--test-samples", "128"]
+    result = runner.invoke(
+        app, [*args, "--max-mae-increase", "-0.5", "--max-nmad-increase", "-0.5"]
+    )
+    # THEN it exits non-zero, prints both models' figures, writes nothing
+    assert result.exit_code == 1
+    assert "fp32: MAE" in result.output and "int8: MAE" in result.output
+    assert "refused" in result.output
+    assert not out.exists()
+    # AND with the default limits the same command writes the INT8 model or refuses it,
+    # consistently with the figures it printed
+    result = runner.invoke(app, args)
+    assert result.exit_code in (0, 1), result.output
+    assert out.exists() == (result.exit_code == 0)
+
+
+@pytest.mark.skipif("astromae-int8" not in builtin_models(), reason="model not built")
+def test_builtin_astromae_int8_is_a_pipeline_model(test_split: Split) -> None:
+    # GIVEN the shipped INT8 AstroMAE, through the path the worker uses
+    from cosmicai.metrics import redshift_metrics
+    from cosmicai.model import get_model
+
+    model = get_model("builtin:astromae-int8")
+    z = np.concatenate(
+        [
+            model.predict(test_split.images[i : i + 64], test_split.magnitudes[i : i + 64])
+            for i in range(0, 256, 64)
+        ]
+    )
+    metrics = redshift_metrics(test_split.redshift, z)
+    # THEN it predicts far better than the mean of the split
+    baseline = float(np.mean(np.abs(test_split.redshift - test_split.redshift.mean())))
+    assert metrics is not None and metrics.mae < 0.5 * baseline
+
+
+@pytest.mark.skipif("astromae-int8" not in builtin_models(), reason="model not built")
+def test_pipeline_run_names_builtin_astromae_int8(local_storage: LocalStorage) -> None:
+    # GIVEN two partitions of rendered test galaxies and a request naming the INT8 AstroMAE
+    from cosmicai.data.synth import render_chunk
+
+    for number in (1, 2):
+        part = render_chunk("test", 64 * (number - 1), 64 * number, 2000)
+        local_storage.put(BUCKET, f"data/{number}.safetensors", encode_partition(part))
+    request = parse_request(
+        {
+            "bucket": BUCKET,
+            "data_prefix": "data",
+            "model": "builtin:astromae-int8",
+            "world_size": 1,
+            "batch_size": 32,
+        }
+    )
+    pointer = initialize(request, local_storage)
+    # WHEN the rank runs (both partitions, the second read while the first is inferred)
+    result = run_rank(
+        WorkItem(
+            run_id=pointer.run_id,
+            bucket=BUCKET,
+            run_prefix=pointer.run_prefix,
+            rank=0,
+            world_size=1,
+        ),
+        local_storage,
+    )
+    summary = summarize(pointer, local_storage)
+    # THEN every galaxy is predicted, with AstroMAE's accuracy
+    assert result.status == "ok" and result.samples == 128 and result.partitions == 2
+    assert summary.metrics is not None and summary.metrics.mae < 0.03
