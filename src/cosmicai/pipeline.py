@@ -8,6 +8,7 @@ run keeps its objects (:class:`~cosmicai.run_types.RunLayout`) live in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -111,7 +112,16 @@ def _load_json(storage: Storage, bucket: str, key: str) -> Any:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    """Peak resident memory of this process so far, in MiB.
+
+    Linux: VmHWM from /proc/self/status. Not ru_maxrss, which Linux carries over from the
+    parent across fork + exec: a worker started by a process that had loaded a model would
+    report the parent's peak as its own. Elsewhere ru_maxrss (KiB on Linux, bytes on macOS).
+    """
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        with open("/proc/self/status") as status:
+            line = next(line for line in status if line.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024  # kB
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
