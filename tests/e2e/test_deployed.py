@@ -82,8 +82,8 @@ def test_same_run_id_twice_is_refused(
     path = tmp_path / "again.json"
     path.write_text(execution_input)
     again = cosmicai(env, "aws", "start", str(path))
-    # THEN it is refused by name, and the first run's results stand
-    assert again.returncode == 1
+    # THEN it is refused by name (one line, exit 2), and the first run's results stand
+    assert again.returncode == 2
     assert "already started" in again.stderr
 
 
