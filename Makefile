@@ -50,8 +50,10 @@ sweep: $(STAMP_RUN)
 	$(BIN)/cosmicai bench sweep --out docs/sweep
 	$(BIN)/cosmicai report docs/sweep
 	$(BIN)/cosmicai project --sweep docs/sweep/sweep.json --out docs/sweep/projection.json
-	$(BIN)/cosmicai project --sweep docs/sweep/sweep.json --preset astromae-int8 \
-		--out docs/sweep/projection-astromae.json
+	$(BIN)/cosmicai bench sweep --model builtin:astromae-int8 --out docs/sweep-astromae
+	$(BIN)/cosmicai report docs/sweep-astromae
+	$(BIN)/cosmicai project --sweep docs/sweep-astromae/sweep.json \
+		--out docs/sweep-astromae/projection.json
 
 LINT_PATHS := src tests scripts functions benchmarks harness
 
