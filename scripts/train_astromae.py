@@ -18,6 +18,12 @@ branch, magnitude MLP, joint head). Someone with a pretrained encoder loads it w
 The number of epochs follows from --minutes: the first steps are timed and the schedule is
 sized to fit. A checkpoint is written after every epoch (last.pt, best.pt), so a cut run still
 yields a model; training.json records data, settings, wall and CPU time.
+
+--resume CHECKPOINT continues from a checkpoint of this script (same --samples and --seed, so
+the same validation samples and cached encoder features): its fitted preprocessing and weights
+are kept and a fresh warm-up + cosine schedule runs from --lr down to --final-lr-factor × --lr.
+--augment applies a random symmetry of the square (flips, transpose) to each image for the
+trained CNN branch, since a galaxy's redshift does not depend on its orientation.
 """
 
 from __future__ import annotations
@@ -85,6 +91,14 @@ def forward_trainable(
     return model.head(joined).squeeze(1)
 
 
+def dihedral(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each image [B,C,H,W] flipped / transposed at random: one of the 8 symmetries."""
+    flips = torch.rand(3, x.shape[0], 1, 1, 1, generator=generator) < 0.5
+    x = torch.where(flips[0], x.flip(3), x)
+    x = torch.where(flips[1], x.flip(2), x)
+    return torch.where(flips[2], x.transpose(2, 3), x)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for checkpoints")
@@ -98,6 +112,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--cache", type=Path, default=Path("build/rendered"))
     parser.add_argument("--encoder", type=Path, help="checkpoint whose ViT encoder to use")
+    parser.add_argument("--resume", type=Path, help="checkpoint of this script to continue")
+    parser.add_argument("--warmup-epochs", type=float, default=0.5)
+    parser.add_argument("--final-lr-factor", type=float, default=0.02, help="end of the cosine")
+    parser.add_argument("--augment", action="store_true", help="random flips and transposes")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
@@ -113,7 +131,12 @@ def main() -> None:
 
         source = load_checkpoint(args.encoder)
         model.vit.load_state_dict(source.vit.state_dict())
-    model.preprocess.fit(train["images"], train["magnitudes"])
+    if args.resume:
+        from cosmicai.astromae.checkpoint import load_checkpoint
+
+        model = load_checkpoint(args.resume)
+    else:
+        model.preprocess.fit(train["images"], train["magnitudes"])
     with torch.no_grad():
         x, m = model.preprocess(
             torch.from_numpy(train["images"]), torch.from_numpy(train["magnitudes"])
@@ -144,14 +167,15 @@ def main() -> None:
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=1e-4)
     steps_per_epoch = math.ceil(len(fit_idx) / args.batch_size)
-    warmup = steps_per_epoch // 2
+    warmup = max(1, int(args.warmup_epochs * steps_per_epoch))
+    floor = args.final_lr_factor
     plan = {"total": args.max_epochs * steps_per_epoch}
 
     def lr_factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         progress = min(1.0, (step - warmup) / max(1, plan["total"] - warmup))
-        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor)
     epochs = args.max_epochs
@@ -159,6 +183,7 @@ def main() -> None:
     history: list[dict[str, float]] = []
     best_mae = float("inf")
     step = 0
+    augment_rng = torch.Generator().manual_seed(args.seed + 1)
     for epoch in range(args.max_epochs):
         if epoch >= epochs:
             break
@@ -169,7 +194,8 @@ def main() -> None:
         for start in range(0, len(perm), args.batch_size):
             idx = perm[start : start + args.batch_size]
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-                pred = forward_trainable(model, features[idx], x[idx], m[idx]).float()
+                xb = dihedral(x[idx], augment_rng) if args.augment else x[idx]
+                pred = forward_trainable(model, features[idx], xb, m[idx]).float()
             loss = torch.nn.functional.smooth_l1_loss(
                 (pred - z[idx]) / (1 + z[idx]), torch.zeros_like(pred), beta=0.02
             )
@@ -213,7 +239,10 @@ def main() -> None:
             "epochs_planned": epochs,
             "epochs_done": epoch + 1,
             "batch_size": args.batch_size,
-            "optimiser": f"AdamW lr {args.lr} wd 1e-4, warm-up + cosine",
+            "optimiser": f"AdamW lr {args.lr} wd 1e-4, warm-up + cosine to "
+            f"{args.final_lr_factor} × lr",
+            "resumed_from": str(args.resume) if args.resume else None,
+            "augment": "random flips and transposes" if args.augment else None,
             "loss": "smooth L1 (beta 0.02) on Δz",
             "bf16_autocast": args.bf16,
             "frozen": "ViT encoder (random init)" if not args.encoder else str(args.encoder),
