@@ -683,8 +683,9 @@ def model_export(
     except (CosmicAIError, OSError, ValueError) as exc:
         _fail(exc)
     console.print(
-        f"wrote {result.path} ({result.bytes / 1e6:.1f} MB, {result.parameters:,} parameters); "
-        f"parity ORT vs torch on {result.parity_samples} galaxies: max |dz| "
+        f"wrote {result.path} ({result.bytes / 1e6:.1f} MB, {result.parameters:,} parameters, "
+        f"attention fused in {result.fused_attention} blocks); parity ORT vs torch on "
+        f"{result.parity_samples} galaxies: max |dz| "
         f"{result.max_abs_diff:.2e} (limit {PARITY_TOLERANCE:g})"
     )
 
@@ -770,7 +771,10 @@ def bench_model(
         Path | None, typer.Option(help="AstroMAE checkpoint for torch (default: random weights).")
     ] = None,
     threads: Annotated[list[int] | None, typer.Option(help="Thread counts (repeatable).")] = None,
-    batch: Annotated[int, typer.Option(min=1)] = 512,
+    batch: Annotated[
+        list[int] | None,
+        typer.Option(min=1, help="Batch sizes (repeatable; default 64 and 512)."),
+    ] = None,
     samples: Annotated[int, typer.Option(min=1, help="Galaxies per measurement.")] = 1024,
     rounds: Annotated[int, typer.Option(min=1)] = 5,
     rss_batches: Annotated[int, typer.Option(min=1)] = 10,
@@ -778,8 +782,9 @@ def bench_model(
         "docs/astromae-bench"
     ),
 ) -> None:
-    """torch eager (fp32, bf16 autocast) vs ORT fp32 vs ORT INT8 on the same galaxies, 1 thread
-    and all cores, interleaved; plus peak RSS and import + load time of a fresh worker."""
+    """torch eager (fp32, bf16 autocast where the CPU has bf16) vs ORT fp32 vs ORT INT8 on the
+    same galaxies and batches, 1 thread and all cores, interleaved; plus peak RSS and import +
+    load time of a fresh worker."""
     import json
 
     from cosmicai.bench.model import markdown, run_bench
@@ -792,7 +797,7 @@ def bench_model(
             int8=int8,
             checkpoint=checkpoint,
             threads=counts,
-            batch=batch,
+            batches=sorted(set(batch or [64, 512])),
             samples=samples,
             rounds=rounds,
             rss_batches=rss_batches,

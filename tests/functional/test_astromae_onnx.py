@@ -213,3 +213,88 @@ def test_pipeline_run_names_builtin_astromae_int8(local_storage: LocalStorage) -
     # THEN every galaxy is predicted, with AstroMAE's accuracy
     assert result.status == "ok" and result.samples == 128 and result.partitions == 2
     assert summary.metrics is not None and summary.metrics.mae < 0.03
+
+
+@pytest.mark.slow
+def test_export_fuses_each_blocks_attention_and_int8_quantizes_it(tiny_onnx: Path) -> None:
+    import onnx
+
+    # GIVEN the exported tiny AstroMAE (2 ViT blocks)
+    graph = onnx.load(str(tiny_onnx)).graph
+    ops = [(n.domain, n.op_type) for n in graph.node]
+    # THEN each block's attention is one ORT Attention node, no softmax left behind
+    assert ops.count(("com.microsoft", "Attention")) == 2
+    assert ("", "Softmax") not in ops
+    # AND the INT8 copy runs its QKV projection in 8 bits
+    int8 = onnx.load_from_string(quantize(tiny_onnx.read_bytes()))
+    assert [n.op_type for n in int8.graph.node].count("QAttention") == 2
+
+
+@pytest.mark.slow
+def test_fusion_leaves_a_block_whose_intermediate_is_read_elsewhere(tiny_checkpoint: Path) -> None:
+    import onnx
+
+    from cosmicai.astromae.checkpoint import load_checkpoint
+    from cosmicai.astromae.export import to_onnx_bytes
+    from cosmicai.exceptions import ModelError
+    from cosmicai.fusion import fuse_attention
+
+    model = load_checkpoint(tiny_checkpoint)
+    plain = to_onnx_bytes(model)
+    # GIVEN a graph where block 0's attention weights are also a graph output
+    proto = onnx.load_from_string(plain)
+    softmax = next(
+        n
+        for n in proto.graph.node
+        if n.op_type == "Softmax" and n.name.startswith("/vit/blocks/blocks.0/")
+    )
+    proto.graph.output.append(
+        onnx.helper.make_tensor_value_info(softmax.output[0], onnx.TensorProto.FLOAT, None)
+    )
+    # WHEN it is fused
+    fused, count = fuse_attention(proto.SerializeToString(), model.config.heads)
+    # THEN only block 1 is, block 0 keeps its softmax, and the redshifts are unchanged
+    nodes = onnx.load_from_string(fused).graph.node
+    assert count == 1
+    assert any(n.op_type == "Softmax" and "blocks.0" in n.name for n in nodes)
+    data = Split.rendered("test", 16, 3)
+    before = RedshiftModel(plain).predict(data.images, data.magnitudes)
+    after = RedshiftModel(fused).predict(data.images, data.magnitudes)
+    assert np.max(np.abs(before - after)) <= 1e-5
+    # AND a head count that does not divide the width is refused by name
+    with pytest.raises(ModelError, match="not divisible by 5 heads"):
+        fuse_attention(plain, 5)
+
+
+@pytest.mark.slow
+def test_bench_model_compares_engines_on_the_same_batches(
+    tiny_checkpoint: Path, tiny_onnx: Path, tmp_path: Path
+) -> None:
+    import json
+
+    int8 = tmp_path / "tiny-int8.onnx"
+    int8.write_bytes(quantize(tiny_onnx.read_bytes()))
+    out = tmp_path / "bench"
+    # WHEN the bench runs two batch sizes at one thread
+    result = runner.invoke(
+        app,
+        [
+            "bench", "model", "--fp32", str(tiny_onnx), "--int8", str(int8),
+            "--checkpoint", str(tiny_checkpoint), "--threads", "1", "--batch", "16",
+            "--batch", "64", "--samples", "128", "--rounds", "2", "--rss-batches", "1",
+            "--out", str(out),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.with_suffix(".json").read_text())
+    # THEN every engine was measured at both batches, with its ratio to torch on that batch
+    rows = {(r["engine"], r["batch"]): r for r in report["throughput"]}
+    for engine in ("torch eager fp32", "ORT fp32", "ORT INT8"):
+        for batch in (16, 64):
+            assert len(rows[(engine, batch)]["samples_per_s_runs"]) == 2
+    assert rows[("torch eager fp32", 16)]["speedup_vs_torch_eager_median_of_pairs"] == 1.0
+    # AND the best batch of each engine is the one with the highest median
+    for best in report["best"]:
+        same = [r for (e, _), r in rows.items() if e == best["engine"]]
+        assert best["samples_per_s_median"] == max(r["samples_per_s_median"] for r in same)
+    assert "Each engine at its fastest batch" in out.with_suffix(".md").read_text()

@@ -13,6 +13,7 @@ import torch
 from cosmicai.astromae.checkpoint import load_checkpoint
 from cosmicai.astromae.network import AstroMAE, AstroMAEConfig
 from cosmicai.exceptions import ModelError
+from cosmicai.fusion import fuse_attention
 
 #: The newest opset torch's TorchScript exporter writes; ORT runs it with every fusion it has.
 OPSET = 20
@@ -27,6 +28,8 @@ class ExportResult:
     parameters: int
     max_abs_diff: float
     parity_samples: int
+    #: ViT blocks whose attention became one ONNX Runtime ``Attention`` node.
+    fused_attention: int
 
 
 def parity_batch(samples: int = 64) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
@@ -79,7 +82,12 @@ def export_checkpoint(
     import onnx
 
     model = checkpoint if isinstance(checkpoint, AstroMAE) else load_checkpoint(checkpoint, config)
-    data = to_onnx_bytes(model)
+    data, fused = fuse_attention(to_onnx_bytes(model), model.config.heads)
+    if fused != model.config.depth:
+        raise ModelError(
+            f"fused the attention of {fused} of {model.config.depth} ViT blocks; the exporter's "
+            "graph no longer has the expected shape"
+        )
     try:
         onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
     except Exception as exc:
@@ -99,4 +107,5 @@ def export_checkpoint(
         parameters=sum(p.numel() for p in model.parameters()),
         max_abs_diff=diff,
         parity_samples=64,
+        fused_attention=fused,
     )
