@@ -201,7 +201,7 @@ def demo(
             f"{len(written)} partitions under {dataset}"
         )
     request = parse_request(
-        {"bucket": "cosmicai-demo", "data_prefix": dataset.name, "batch_size": 256, "model": model}
+        {"bucket": "cosmicai-demo", "data_prefix": dataset.name, "model": model}
     )
     console.print(f"Run request: {request.model_dump_json(exclude_defaults=True)}", soft_wrap=True)
     _run(request, str(store), workers)

@@ -140,7 +140,8 @@ def render_sweep(path: Path, out: Path) -> tuple[Path, Path]:
     m, c, p = result.machine, result.config, result.profile
     intro = [
         f"Machine: {m.get('cpus')} × {m.get('cpu_model')}, {m.get('date')}. Model {c.model}, "
-        f"batch {c.batch_size}, {c.repeats} repeats, {c.concurrency} workers at once, cost at "
+        f"batch {c.batch_size or '64 per thread'}, {c.repeats} repeats, {c.concurrency} workers "
+        "at once, cost at "
         f"{c.memory_mb:,} MB configured. Dataset {result.dataset_samples:,} galaxies "
         f"({result.dataset_bytes / 2**20:,.0f} MiB).",
         f"Command: {result.command}" if result.command else "",

@@ -380,7 +380,7 @@ def run_rank(
             storage, plan.data_bucket, plan.ranks[item.rank].partitions
         ):
             t1, c1 = time.perf_counter(), time.process_time()
-            for batch in partition.batches(request.batch_size):
+            for batch in partition.batches(request.inference_batch(model.threads)):
                 chunks["z_pred"].append(model.predict(batch.images, batch.magnitudes))
             timings.read_s += waited
             timings.inference_s += time.perf_counter() - t1

@@ -94,3 +94,12 @@ def test_readme_documents_every_request_field() -> None:
     for field in [*RunRequest.model_fields, *IGNORED_FIELDS]:
         if field != "ignored_fields":
             assert f"`{field}`" in documented, f"README's request table lacks {field}"
+
+
+def test_inference_batch_is_64_per_thread_unless_the_request_sets_one() -> None:
+    default = parse_request({"bucket": "cosmicai-data"})
+    assert default.batch_size is None
+    assert [default.inference_batch(t) for t in (1, 2, 6)] == [64, 128, 384]
+    assert default.inference_batch(0) == 64
+    chosen = parse_request({"bucket": "cosmicai-data", "batch_size": "512"})
+    assert [chosen.inference_batch(t) for t in (1, 6)] == [512, 512]

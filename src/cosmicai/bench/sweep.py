@@ -77,7 +77,8 @@ class SweepConfig(BaseModel):
     concurrency: int = 2
     model: str = DEFAULT_MODEL
     memory_mb: int = 2048
-    batch_size: int = 512
+    #: None: the request's default, 64 per inference thread (what a deployment gets).
+    batch_size: int | None = None
     seed: int = 0
 
 
@@ -344,7 +345,8 @@ def sweep_markdown(result: SweepResult) -> str:
         f"Machine: {m.get('cpus')} × {m.get('cpu_model')}, {m.get('date')}, load average at "
         f"start {m.get('load_average_at_start')} (shared cores: wall-clock figures move with "
         f"the load, CPU per sample does not); model "
-        f"`{c.model}`, batch {c.batch_size}, {c.repeats} repeats per cell, at most "
+        f"`{c.model}`, batch {c.batch_size or '64 per thread'}, {c.repeats} repeats per cell, "
+        "at most "
         f"{c.concurrency} workers at once; cost at {c.memory_mb:,} MB configured, x86_64. "
         f"Dataset: {result.dataset_samples:,} rendered SDSS test galaxies, "
         f"{result.dataset_bytes / MIB:,.0f} MiB.",
