@@ -46,6 +46,11 @@ class AstroMAEConfig:
     magnitude_depth: int = 4
     head_width: int = 1024
     layer_norm_eps: float = 1e-6
+    #: Feed the magnitude MLP r and the four colours (u−g, g−r, r−i, i−z), each standardised,
+    #: instead of the five standardised magnitudes. The same information, linearly; but the
+    #: magnitudes move together from galaxy to galaxy, so standardised one by one the colours
+    #: photo-z depends on are small differences of large, correlated inputs.
+    colour_basis: bool = False
 
     @classmethod
     def tiny(cls) -> AstroMAEConfig:
@@ -86,8 +91,9 @@ class Preprocess(nn.Module):
     magnitude_mean: torch.Tensor
     magnitude_std: torch.Tensor
 
-    def __init__(self, channels: int = 5) -> None:
+    def __init__(self, channels: int = 5, colour_basis: bool = False) -> None:
         super().__init__()
+        self.colour_basis = colour_basis
         self.register_buffer("softening", torch.ones(1, channels, 1, 1))
         self.register_buffer("image_mean", torch.zeros(1, channels, 1, 1))
         self.register_buffer("image_std", torch.ones(1, channels, 1, 1))
@@ -101,8 +107,20 @@ class Preprocess(nn.Module):
         self.softening.copy_(as_tensor(soft, dtype=torch.float32).view(1, -1, 1, 1))
         self.image_mean.copy_(as_tensor(scaled.mean(axis=(0, 2, 3))).float().view(1, -1, 1, 1))
         self.image_std.copy_(as_tensor(scaled.std(axis=(0, 2, 3)) + 1e-6).float().view(1, -1, 1, 1))
-        self.magnitude_mean.copy_(as_tensor(magnitudes.mean(axis=0)).float())
-        self.magnitude_std.copy_(as_tensor(magnitudes.std(axis=0) + 1e-6).float())
+        basis = self.basis(as_tensor(magnitudes).float()).numpy()
+        self.magnitude_mean.copy_(as_tensor(basis.mean(axis=0)).float())
+        self.magnitude_std.copy_(as_tensor(basis.std(axis=0) + 1e-6).float())
+
+    def basis(self, magnitude: torch.Tensor) -> torch.Tensor:
+        """Magnitudes, or the middle band and the adjacent-band colours (``colour_basis``).
+
+        Slices and subtractions, not a matrix product: the INT8 quantizer would take a
+        MatMul for a layer and round raw magnitudes to 8 bits."""
+        if not self.colour_basis:
+            return magnitude
+        middle = magnitude.shape[1] // 2
+        colours = magnitude[:, :-1] - magnitude[:, 1:]
+        return torch.cat([magnitude[:, middle : middle + 1], colours], dim=1)
 
     def forward(self, image: torch.Tensor, magnitude: torch.Tensor) -> tuple[torch.Tensor, ...]:
         s = image / self.softening
@@ -110,7 +128,7 @@ class Preprocess(nn.Module):
         # exporters have no symbolic for it and ORT's Asinh is slower than these four ops.
         a = torch.sign(s) * torch.log(torch.abs(s) + torch.sqrt(s * s + 1.0))
         x = (a - self.image_mean) / self.image_std
-        m = (magnitude.float() - self.magnitude_mean) / self.magnitude_std
+        m = (self.basis(magnitude.float()) - self.magnitude_mean) / self.magnitude_std
         return x, m
 
 
@@ -239,7 +257,7 @@ class AstroMAE(nn.Module):
         super().__init__()
         c = config or AstroMAEConfig()
         self.config = c
-        self.preprocess = Preprocess(c.channels)
+        self.preprocess = Preprocess(c.channels, c.colour_basis)
         self.vit = ViTEncoder(c)
         self.cnn = InceptionBranch(c)
         layers: list[nn.Module] = [nn.Linear(c.channels, c.magnitude_width), nn.ReLU()]
