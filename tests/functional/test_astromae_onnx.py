@@ -298,3 +298,41 @@ def test_bench_model_compares_engines_on_the_same_batches(
         same = [r for (e, _), r in rows.items() if e == best["engine"]]
         assert best["samples_per_s_median"] == max(r["samples_per_s_median"] for r in same)
     assert "Each engine at its fastest batch" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow
+def test_colour_basis_feeds_colours_exports_exactly_and_stays_fp32_in_int8(
+    tmp_path: Path,
+) -> None:
+    import dataclasses
+
+    import onnx
+    import torch
+
+    from cosmicai.astromae.checkpoint import load_checkpoint, save_checkpoint
+    from cosmicai.astromae.export import export_checkpoint
+    from cosmicai.astromae.network import AstroMAE, AstroMAEConfig
+
+    # GIVEN a tiny AstroMAE whose magnitude MLP takes r and the colours
+    torch.manual_seed(0)
+    model = AstroMAE(dataclasses.replace(AstroMAEConfig.tiny(), colour_basis=True))
+    train = Split.rendered("train", 256, 1000)
+    model.preprocess.fit(train.images, train.magnitudes)
+    mags = torch.from_numpy(train.magnitudes[:8])
+    _, standardised = model.preprocess(torch.from_numpy(train.images[:8]), mags)
+    p = model.preprocess
+    # THEN its inputs are r and u-g, g-r, r-i, i-z, each standardised over the training split
+    raw = torch.stack([mags[:, 2], *(mags[:, i] - mags[:, i + 1] for i in range(4))], dim=1)
+    assert torch.allclose(standardised, (raw - p.magnitude_mean) / p.magnitude_std, atol=1e-5)
+    assert standardised[:, 1:].std() > 0.1  # colours at unit scale, not squeezed
+    # AND the setting survives a checkpoint, the export matches torch
+    path = tmp_path / "colour.pt"
+    save_checkpoint(model, path)
+    assert load_checkpoint(path).config.colour_basis
+    result = export_checkpoint(path, tmp_path / "colour.onnx")
+    assert result.max_abs_diff <= 1e-4
+    # AND INT8 leaves the basis change exact (no quantized op in the preprocessing)
+    int8 = onnx.load_from_string(quantize((tmp_path / "colour.onnx").read_bytes()))
+    preprocess = {n.op_type for n in int8.graph.node if n.name.startswith("/preprocess/")}
+    assert "Sub" in preprocess
+    assert not preprocess & {"MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul"}
