@@ -6,8 +6,8 @@
 It renders the *training* split (SDSS_MGS.train galaxies, several realizations each; cached as
 .npz under --cache), fits the in-network preprocessing on it, and trains with AdamW, a warm-up
 and cosine decay, and a smooth-L1 loss on Δz = (z_pred − z)/(1 + z). 10% of the training
-samples are held out to pick the best epoch; the test split is never seen here (the export and
-quantize commands judge the model on it).
+galaxies (catalogue rows, with all their realizations) are held out to pick the best epoch; the
+test split is never seen here (the export and quantize commands judge the model on it).
 
 The ViT encoder is frozen, as in AstroMAE's fine-tuning — but at its random initialisation,
 because masked-autoencoder pretraining is far beyond a 2-core budget. Its pooled features are
@@ -24,6 +24,15 @@ the same validation samples and cached encoder features): its fitted preprocessi
 are kept and a fresh warm-up + cosine schedule runs from --lr down to --final-lr-factor × --lr.
 --augment applies a random symmetry of the square (flips, transpose) to each image for the
 trained CNN branch, since a galaxy's redshift does not depend on its orientation.
+
+Regularisation, because realizations repeat each galaxy's magnitudes and redshift exactly and
+the magnitude MLP can memorise the 5,000 magnitude vectors: --magnitude-noise K perturbs the
+training magnitudes every step by Gaussian noise of K × the catalogue's own error of each
+magnitude; --dropout P drops activations after every ReLU of the magnitude MLP, ViT head and
+joint head; --weight-decay sets AdamW's decay. All three act in training only.
+--no-val-by-galaxy restores the older sample-level hold-out (needed to compare with runs made
+before it, and with --resume of a checkpoint trained that way, which has fitted the galaxies
+the galaxy-disjoint hold-out would choose).
 """
 
 from __future__ import annotations
@@ -46,14 +55,14 @@ from cosmicai.astromae.network import AstroMAE, AstroMAEConfig
 Arrays = dict[str, np.ndarray[Any, Any]]
 
 
-def rendered(split: str, samples: int, seed: int, cache: Path) -> Arrays:
+def rendered(split: str, samples: int, seed: int, cache: Path, processes: int) -> Arrays:
     path = cache / f"{split}_{samples}_s{seed}.npz"
     if path.exists():
         with np.load(path) as f:
             return {k: f[k] for k in ("images", "magnitudes", "redshift")}
     from cosmicai.data.synth import render_split
 
-    parts = list(render_split(split, samples, seed, os.cpu_count() or 1))  # type: ignore[arg-type]
+    parts = list(render_split(split, samples, seed, processes))  # type: ignore[arg-type]
     data = {
         "images": np.concatenate([p.images for p in parts]),
         "magnitudes": np.concatenate([p.magnitudes for p in parts]),
@@ -84,11 +93,51 @@ def encoder_features(model: AstroMAE, x: torch.Tensor, batch: int = 256) -> torc
     return torch.cat(out)
 
 
+def run_mlp(layers: torch.nn.Sequential, h: torch.Tensor, dropout: float) -> torch.Tensor:
+    """The layers in order, with dropout after every ReLU when ``dropout`` > 0.
+
+    Dropout is applied here rather than as modules in the network: inserting nn.Dropout into
+    the Sequentials would renumber their layers and break loading of existing checkpoints and
+    of CosmicAI's pickled model, and the exported graph must not change.
+    """
+    for layer in layers:
+        h = layer(h)
+        if dropout > 0 and isinstance(layer, torch.nn.ReLU):
+            h = torch.nn.functional.dropout(h, dropout, training=True)
+    return h
+
+
 def forward_trainable(
-    model: AstroMAE, features: torch.Tensor, x: torch.Tensor, m: torch.Tensor
+    model: AstroMAE,
+    features: torch.Tensor,
+    x: torch.Tensor,
+    m: torch.Tensor,
+    dropout: float = 0.0,
 ) -> torch.Tensor:
-    joined = torch.cat([model.vit.head(features), model.cnn(x), model.magnitude_mlp(m)], dim=1)
-    return model.head(joined).squeeze(1)
+    joined = torch.cat(
+        [
+            run_mlp(model.vit.head, features, dropout),
+            model.cnn(x),
+            run_mlp(model.magnitude_mlp, m, dropout),
+        ],
+        dim=1,
+    )
+    return run_mlp(model.head, joined, dropout).squeeze(1)
+
+
+def catalogue_rows(magnitudes: np.ndarray[Any, Any]) -> tuple[np.ndarray[Any, Any], ...]:
+    """Catalogue row of each rendered training sample, and the catalogue's magnitude errors.
+
+    Sample i is row i % N of SDSS_MGS.train (cosmicai.data.synth); checked against the rendered
+    magnitudes, so a change of that layout fails here rather than pairing the wrong errors.
+    """
+    from cosmicai.data.catalogue import load_catalogue
+
+    catalogue = load_catalogue("train")
+    rows = np.arange(len(magnitudes)) % len(catalogue)
+    if not np.array_equal(magnitudes, catalogue.magnitudes[rows]):
+        raise SystemExit("rendered magnitudes are not SDSS_MGS.train rows i % N; see synth.py")
+    return rows, np.asarray(catalogue.magnitude_errors)
 
 
 def dihedral(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -116,13 +165,36 @@ def main() -> None:
     parser.add_argument("--warmup-epochs", type=float, default=0.5)
     parser.add_argument("--final-lr-factor", type=float, default=0.02, help="end of the cosine")
     parser.add_argument("--augment", action="store_true", help="random flips and transposes")
+    parser.add_argument(
+        "--magnitude-noise",
+        type=float,
+        default=0.0,
+        help="add Gaussian noise of this many × each galaxy's catalogue magnitude errors to "
+        "the training magnitudes, drawn anew every step (0: off)",
+    )
+    parser.add_argument(
+        "--dropout",
+        type=float,
+        default=0.0,
+        help="dropout after each ReLU of the magnitude MLP, ViT head and joint head (training "
+        "only; the network and its export are unchanged)",
+    )
+    parser.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
+    parser.add_argument(
+        "--val-by-galaxy",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="hold out 10%% of the catalogue's galaxies with all their realizations (default); "
+        "--no-val-by-galaxy holds out 10%% of the samples, so other realizations of the "
+        "validation galaxies are fitted",
+    )
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     t0, c0 = time.time(), cpu_seconds()
-    train = rendered("train", args.samples, args.seed + 1000, args.cache)
+    train = rendered("train", args.samples, args.seed + 1000, args.cache, args.threads)
     print(f"train split: {args.samples} samples ready in {time.time() - t0:.0f} s", flush=True)
 
     model = AstroMAE(AstroMAEConfig())
@@ -161,11 +233,29 @@ def main() -> None:
     feature_seconds = time.time() - t1
     print(f"frozen encoder features in {feature_seconds:.0f} s", flush=True)
 
+    rows, magnitude_errors = catalogue_rows(train["magnitudes"])
     order = torch.randperm(len(z), generator=torch.Generator().manual_seed(args.seed))
-    n_val = len(z) // 10
-    val_idx, fit_idx = order[:n_val], order[n_val:]
+    if args.val_by_galaxy:
+        # Realizations of one galaxy share its magnitudes and redshift, so a sample-level
+        # split lets the fit set memorise the validation galaxies; hold out whole rows.
+        n_rows = len(magnitude_errors)
+        held = torch.randperm(n_rows, generator=torch.Generator().manual_seed(args.seed))
+        is_val = torch.zeros(n_rows, dtype=torch.bool)
+        is_val[held[: n_rows // 10]] = True
+        in_val = is_val[torch.from_numpy(rows)][order]
+        val_idx, fit_idx = order[in_val], order[~in_val]
+    else:
+        n_val = len(z) // 10
+        val_idx, fit_idx = order[:n_val], order[n_val:]
+    n_val = len(val_idx)
+    # Noise on the raw magnitudes, σ = k × catalogue error, is noise of σ / std in the
+    # standardised inputs the network sees (the preprocessing is affine), so it is added there.
+    noise_scale = torch.from_numpy(
+        args.magnitude_noise * magnitude_errors[rows] / model.preprocess.magnitude_std.numpy()
+    ).float()
+    noise_rng = torch.Generator().manual_seed(args.seed + 2)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimiser = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=1e-4)
+    optimiser = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(fit_idx) / args.batch_size)
     warmup = max(1, int(args.warmup_epochs * steps_per_epoch))
     floor = args.final_lr_factor
@@ -195,7 +285,10 @@ def main() -> None:
             idx = perm[start : start + args.batch_size]
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
                 xb = dihedral(x[idx], augment_rng) if args.augment else x[idx]
-                pred = forward_trainable(model, features[idx], xb, m[idx]).float()
+                mb = m[idx]
+                if args.magnitude_noise > 0:
+                    mb = mb + noise_scale[idx] * torch.randn(mb.shape, generator=noise_rng)
+                pred = forward_trainable(model, features[idx], xb, mb, args.dropout).float()
             loss = torch.nn.functional.smooth_l1_loss(
                 (pred - z[idx]) / (1 + z[idx]), torch.zeros_like(pred), beta=0.02
             )
@@ -239,8 +332,15 @@ def main() -> None:
             "epochs_planned": epochs,
             "epochs_done": epoch + 1,
             "batch_size": args.batch_size,
-            "optimiser": f"AdamW lr {args.lr} wd 1e-4, warm-up + cosine to "
+            "validation": "galaxy-disjoint (10% of catalogue rows, all realizations)"
+            if args.val_by_galaxy
+            else "10% of samples (other realizations of those galaxies are fitted)",
+            "optimiser": f"AdamW lr {args.lr} wd {args.weight_decay}, warm-up + cosine to "
             f"{args.final_lr_factor} × lr",
+            "magnitude_noise": f"{args.magnitude_noise} × catalogue magnitude errors"
+            if args.magnitude_noise > 0
+            else None,
+            "dropout": args.dropout,
             "resumed_from": str(args.resume) if args.resume else None,
             "augment": "random flips and transposes" if args.augment else None,
             "loss": "smooth L1 (beta 0.02) on Δz",
