@@ -23,13 +23,18 @@ from cosmicai.storage import DEFAULT_RANGED_GET_THRESHOLD, RANGE_PART_BYTES
 
 MIB = 2**20
 
+#: Speed each vCPU beyond the first adds (ASSUMPTIONS["thread_efficiency"]).
+THREAD_EFFICIENCY = 0.7
+
 #: What the simulator takes as given, and why.
 ASSUMPTIONS: dict[str, str] = {
     "vcpu_share": "Lambda gives CPU in proportion to memory: 1,769 MB = 1 vCPU, up to 6 vCPU "
     "at 10,240 MB (AWS Lambda docs, 'Memory and computing power').",
-    "thread_efficiency": "Each ONNX Runtime thread beyond the first adds 0.8 of a vCPU's "
-    "speed: AstroMAE INT8 measured 605-700 samples/s on 1 thread, 1,030-1,075 on 2 "
-    "(this project's 2-core measurements); a fractional vCPU runs at its share.",
+    "thread_efficiency": "Each ONNX Runtime thread beyond the first adds 0.7 of a vCPU's "
+    "speed: AstroMAE INT8 on 2 threads ran 1.70x its 1-thread rate on an AVX2 AMD EPYC "
+    "(427 -> 726 samples/s), 1.74x on an Intel Xeon (415 -> 723) and about 1.6x on a Zen 4 "
+    "(605-700 -> 1,030-1,075): this project's `cosmicai bench model` runs; a fractional "
+    "vCPU runs at its share.",
     "cpu_s_per_sample": "From the sweep's profile (inference seconds / samples on one "
     "thread of this machine), or --samples-per-s-per-vcpu; a Lambda vCPU is taken as this "
     "machine's core.",
@@ -109,7 +114,7 @@ def worker_speed(cpu_s_per_sample: float, memory_mb: int) -> tuple[float, int]:
     per_vcpu = 1 / cpu_s_per_sample
     if vcpu <= 1:
         return per_vcpu * vcpu, threads
-    return per_vcpu * (1 + 0.8 * (vcpu - 1)), threads
+    return per_vcpu * (1 + THREAD_EFFICIENCY * (vcpu - 1)), threads
 
 
 def _s3_requests(partition_bytes: int, partitions: int, world: int) -> dict[str, int]:
