@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from harness.system import ensure_program
+
 NatKind = Literal["cone", "symmetric"]
 
 #: Every namespace we create is named ``cai<pid>-...``; the pid lets a later run tell the
@@ -59,7 +61,6 @@ FIRST_LAN_HOST = 10
 
 #: Generous for one `ip` call; a hung one must not hang the suite.
 _COMMAND_TIMEOUT = 20.0
-_INSTALL_TIMEOUT = 600.0
 
 
 class TopologyError(RuntimeError):
@@ -162,24 +163,7 @@ def remove_leftovers() -> list[str]:
 
 def ensure_nftables() -> str | None:
     """Install nftables when missing; return why it is unusable, or None when it is fine."""
-    if shutil.which("nft") is not None:
-        return None
-    if shutil.which("apt-get") is None:
-        return "nft is not installed and apt-get is not available to install it"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (["apt-get", "update"], ["apt-get", "install", "-y", "nftables"]):
-        try:
-            done = subprocess.run(
-                argv, capture_output=True, text=True, timeout=_INSTALL_TIMEOUT, env=env, check=False
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return f"installing nftables failed: {' '.join(argv)}: {exc}"
-        if done.returncode != 0:
-            tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-            return f"installing nftables failed: {' '.join(argv)}: {' / '.join(tail)}"
-    if shutil.which("nft") is None:
-        return "nftables was installed but nft is still not on PATH"
-    return None
+    return ensure_program(("nft",), "nftables")[1]
 
 
 def check_environment() -> str | None:

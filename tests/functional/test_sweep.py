@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cosmicai.cli import app
+from harness.system import ensure_program
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
@@ -110,15 +111,14 @@ def test_report_refuses_what_it_cannot_read(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_report_looks_like_a_page_in_a_real_browser(sweep_dir: Path, tmp_path: Path) -> None:
-    import shutil
     import subprocess
 
     import numpy as np
     from matplotlib.image import imread
 
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    browser, why_not = ensure_program(("chromium", "chromium-browser"), "chromium")
     if browser is None:
-        pytest.skip("no chromium on PATH (apt-get install -y chromium)")
+        pytest.skip(f"no headless browser: {why_not}")
     result = CliRunner().invoke(app, ["report", str(sweep_dir), "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     shot = tmp_path / "shot.png"
