@@ -5,10 +5,9 @@
 ``scaled_dot_product_attention``, softmax, transpose back, reshape) — by one ``Attention``
 node of ONNX Runtime's ``com.microsoft`` domain. ORT's CPU kernel does the QKV projection and
 the per-head products in one pass, without materialising the transposed copies, and its
-quantizer turns it into ``QAttention`` (8-bit QKV projection). Measured on AstroMAE: the
-unfused graph spent ~17% of an INT8 run in the attention's Split/Transpose/MatMul/Softmax
-nodes; fused, INT8 runs ~5% faster (docs/astromae.md). Neither ORT's session optimiser nor
-its transformers optimiser recognises this exporter's pattern, hence the rewrite.
+quantizer turns it into ``QAttention`` (8-bit QKV projection). On AstroMAE the gain was small,
+within the machine's drift (docs/astromae.md). Neither ORT's session optimiser nor its
+transformers optimiser recognises this exporter's pattern, hence the rewrite.
 
 The rewrite is by structure checked, not assumed: a block is fused only if its attention
 subgraph is closed — fed only by the block's input, weights and constants, and read only by

@@ -31,10 +31,9 @@ ASSUMPTIONS: dict[str, str] = {
     "vcpu_share": "Lambda gives CPU in proportion to memory: 1,769 MB = 1 vCPU, up to 6 vCPU "
     "at 10,240 MB (AWS Lambda docs, 'Memory and computing power').",
     "thread_efficiency": "Each ONNX Runtime thread beyond the first adds 0.7 of a vCPU's "
-    "speed: AstroMAE INT8 on 2 threads ran 1.70x its 1-thread rate on an AVX2 AMD EPYC "
-    "(427 -> 726 samples/s), 1.74x on an Intel Xeon (415 -> 723) and about 1.6x on a Zen 4 "
-    "(605-700 -> 1,030-1,075): this project's `cosmicai bench model` runs; a fractional "
-    "vCPU runs at its share.",
+    "speed: AstroMAE INT8 on 2 threads ran 1.70x its 1-thread rate (427 -> 726 samples/s, "
+    "batch 512, `cosmicai bench model` on a 2-core AVX2 AMD EPYC); a fractional vCPU runs at "
+    "its share.",
     "cpu_s_per_sample": "From the sweep's profile (inference seconds / samples on one "
     "thread of this machine), or --samples-per-s-per-vcpu; a Lambda vCPU is taken as this "
     "machine's core.",

@@ -56,10 +56,10 @@ MAX_REQUEST_BYTES = 64 * 1024
 MAX_FILE_LIMIT = 10**9
 #: S3 refuses keys longer than this many bytes (UTF-8).
 MAX_KEY_BYTES = 1024
-#: Default samples per inference call for each ONNX Runtime thread. On one thread AstroMAE
-#: INT8 ran ~15% faster at 64 than at 512 and the reference CNN the same (bench model); more
-#: threads need bigger calls to keep every thread busy, hence per thread. Smaller calls also
-#: keep the worker's activation memory low.
+#: Default samples per inference call for each ONNX Runtime thread. `cosmicai bench model`
+#: (docs/astromae-bench.md) ran AstroMAE INT8 the same at 64 and 512 on one thread, fp32 and
+#: torch faster at 64; the sweeps' worker memory beyond the partition halved at 64. More
+#: threads need bigger calls to keep every thread busy, hence per thread.
 BATCH_PER_THREAD = 64
 #: Validation context of a request that comes from outside (a file, an execution's input).
 _EXTERNAL = {"external": True}
