@@ -75,3 +75,28 @@ def test_planner_meets_deadline_and_budget_cheapest_first() -> None:
     # an impossible deadline leaves nothing, but says what comes closest
     none = plan_grid(size, CAL, deadline_s=0.5, budget=1.0)
     assert not none.feasible and none.fastest is not None
+
+
+def test_a_rank_with_several_partitions_reads_the_next_while_it_infers() -> None:
+    # GIVEN 4 partitions of 10 MB on one rank; reads of 0.1 s, shorter than an inference
+    samples = 10 * MIB // BYTES_PER_SAMPLE
+    scenario = Scenario(
+        dataset_bytes=4 * samples * BYTES_PER_SAMPLE,
+        partition_mb=10,
+        memory_mb=1769,
+        world_size=1,
+        map_start_s=0,
+        child_start_rate=1e9,
+        invoke_overhead_s=0,
+    )
+    cal = CAL.model_copy(update={"write_s_per_sample": 0.0, "s3_mb_per_s": 100.0})
+    # WHEN projected
+    p = project(scenario, cal)
+    # THEN only the first read is waited for: 1 s cold + 0.1 s + 4 inferences
+    assert p.map_wall_s == pytest.approx(1.0 + 0.1 + 4 * samples / 500, rel=1e-3)
+    # AND with storage slower than inference, each later read waits out its excess
+    slow = project(scenario, cal.model_copy(update={"s3_mb_per_s": 10 * 500 / samples}))
+    read = samples / 500  # ... 10 MB at that rate takes as long as one inference
+    slower = project(scenario, cal.model_copy(update={"s3_mb_per_s": 5 * 500 / samples}))
+    assert slow.map_wall_s == pytest.approx(1.0 + read + 4 * read, rel=1e-3)
+    assert slower.map_wall_s == pytest.approx(1.0 + 2 * read + 3 * read + 4 * read, rel=1e-3)
