@@ -298,6 +298,15 @@ def test_bench_model_compares_engines_on_the_same_batches(
         same = [r for (e, _), r in rows.items() if e == best["engine"]]
         assert best["samples_per_s_median"] == max(r["samples_per_s_median"] for r in same)
     assert "Each engine at its fastest batch" in out.with_suffix(".md").read_text()
+    # AND the ceiling was measured every round for the checkpoint's widths; no engine running
+    # the whole network is far above what its quantized layers alone allow
+    for batch in ("16", "64"):
+        bound = report["ceiling"][batch]
+        assert len(bound["runs"]) == 2
+        assert bound["int8_samples_per_s"] > 0 and bound["fp32_samples_per_s"] > 0
+        names = {p["name"] for p in bound["products_last_round"]}
+        assert {"vit.qkv", "vit.fc1", "head.1"} <= names
+    assert all(0 < r["of_ceiling_per_thread"] < 3 for r in report["throughput"])
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from cosmicai.astromae.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from cosmicai.astromae.config import products  # noqa: E402
 from cosmicai.astromae.network import AstroMAE, AstroMAEConfig, count_macs  # noqa: E402
 from cosmicai.exceptions import ModelError  # noqa: E402
 from harness.pickles import ShellPayload  # noqa: E402
@@ -45,6 +46,27 @@ def test_default_widths_are_cosmicai_astromae() -> None:
     flops = count_macs(model)
     assert 0.21 < flops.gflop < 0.23
     assert flops.by_branch["vit"] / sum(flops.by_branch.values()) > 0.8
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        AstroMAEConfig(),
+        AstroMAEConfig.tiny(),
+        AstroMAEConfig(dim=48, heads=4, depth=3, inception=(13, 10, 7, 9, 5), stem=6),
+    ],
+    ids=["default", "tiny", "odd-widths"],
+)
+def test_product_list_accounts_for_every_mac_the_network_runs(config: AstroMAEConfig) -> None:
+    # GIVEN the torch network and the torch-free list of its products (the bench's ceiling)
+    counted = count_macs(AstroMAE(config).eval())
+    listed = products(config)
+    # THEN they agree layer for layer in total, branch by branch
+    by_branch: dict[str, int] = {}
+    for p in listed:
+        branch = {"magnitude": "magnitude_mlp"}.get(p.name.split(".")[0], p.name.split(".")[0])
+        by_branch[branch] = by_branch.get(branch, 0) + p.macs
+    assert by_branch == counted.by_branch
 
 
 def test_preprocessing_is_part_of_the_network(tiny: Any) -> None:

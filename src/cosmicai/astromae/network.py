@@ -18,7 +18,7 @@ ugriz. That is the pipeline's model contract.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,55 +27,9 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from cosmicai.astromae.config import AstroMAEConfig
 
-@dataclass(frozen=True)
-class AstroMAEConfig:
-    image_size: int = 32
-    channels: int = 5
-    patch: int = 8
-    dim: int = 192
-    depth: int = 12
-    heads: int = 3
-    mlp_ratio: float = 4.0
-    #: Width each image branch hands to the head.
-    branch_width: int = 1096
-    #: Inception widths: stem, then the modules at 16×16, 8×8 and 4×4.
-    stem: int = 32
-    inception: tuple[int, ...] = (64, 64, 32, 32, 12)
-    magnitude_width: int = 1024
-    magnitude_depth: int = 4
-    head_width: int = 1024
-    layer_norm_eps: float = 1e-6
-    #: Feed the magnitude MLP r and the four colours (u−g, g−r, r−i, i−z), each standardised,
-    #: instead of the five standardised magnitudes. The same information, linearly; but the
-    #: magnitudes move together from galaxy to galaxy, so standardised one by one the colours
-    #: photo-z depends on are small differences of large, correlated inputs.
-    colour_basis: bool = False
-
-    @classmethod
-    def tiny(cls) -> AstroMAEConfig:
-        """The same structure at toy widths, for tests."""
-        return cls(
-            dim=24,
-            depth=2,
-            heads=2,
-            branch_width=32,
-            stem=8,
-            inception=(8, 8, 8, 8, 4),
-            magnitude_width=16,
-            magnitude_depth=1,
-            head_width=16,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> AstroMAEConfig:
-        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
-        if "inception" in known:
-            known["inception"] = tuple(known["inception"])
-        return cls(**known)
+__all__ = ["AstroMAE", "AstroMAEConfig", "FlopCount", "count_macs"]
 
 
 class Preprocess(nn.Module):

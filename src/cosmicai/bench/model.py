@@ -8,6 +8,10 @@ back-to-back runs, so only ratios measured side by side mean much). The best bat
 engine and thread count, so several batch sizes in one run show each engine at its best
 against torch on the very same batches.
 
+Ceiling (:mod:`cosmicai.bench.ceiling`): after every round, the network's quantized layers are
+timed alone at each batch, so each engine's speed also reads as a share of what this CPU's
+matrix products allow.
+
 Memory and start-up: each engine in a fresh process that imports, loads the model and infers
 10 batches of 512, as a worker does; its peak RSS (``ru_maxrss``) and import + load time.
 
@@ -33,13 +37,23 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from cosmicai.astromae.config import AstroMAEConfig, products
+from cosmicai.bench.ceiling import ceiling
 from cosmicai.bench.machine import machine
 
 Predict = Callable[[npt.NDArray[np.float32], npt.NDArray[np.float32]], Any]
 
-#: FLOP per galaxy of AstroMAE at its default widths (2 × multiply-accumulates, counted by
-#: cosmicai.astromae.network.count_macs).
-ASTROMAE_GFLOP = 0.2192
+
+def _config_of(checkpoint: Path | None) -> AstroMAEConfig:
+    """The widths the bench's ceiling and FLOP figures are for: the checkpoint's when given
+    (needs torch to read), else AstroMAE's defaults, which the shipped models have."""
+    if checkpoint is None:
+        return AstroMAEConfig()
+    try:
+        from cosmicai.astromae.checkpoint import load_checkpoint
+    except ImportError:
+        return AstroMAEConfig()
+    return load_checkpoint(checkpoint).config
 
 
 def fp32_flop_per_cycle(features: list[str]) -> int:
@@ -117,9 +131,11 @@ def throughput(
     batches: list[int],
     rounds: int,
     seed: int = 0,
+    each_round: Callable[[], None] | None = None,
 ) -> dict[tuple[str, int, int], Throughput]:
     """Samples/s of every engine at every batch size over the same galaxies, ``rounds`` times,
-    shuffled each round; keyed by (engine, threads, batch)."""
+    shuffled each round; keyed by (engine, threads, batch). ``each_round`` runs after every
+    round, for measurements that should drift with the machine as these do."""
     rng = random.Random(seed)
     for engine in engines:  # warm-up: first-call allocations and kernel selection
         for batch in batches:
@@ -141,6 +157,8 @@ def throughput(
             base = this_round.get(("torch eager fp32", threads, batch))
             if base:
                 results[(name, threads, batch)].ratios_to_torch.append(rate / base)
+        if each_round is not None:
+            each_round()
     return results
 
 
@@ -235,11 +253,34 @@ def run_bench(
             torch_error = f"torch engines skipped: {exc}"
         engines.append(_ort_engine("ORT fp32", fp32, t, arena=True))
         engines.append(_ort_engine("ORT INT8", int8, t, arena=True))
-    measured = throughput(engines, images[:samples], mags[:samples], batches=batches, rounds=rounds)
+    config = _config_of(checkpoint)
+    gflop = 2 * sum(p.macs for p in products(config)) / 1e9
+    ceilings: dict[int, list[dict[str, Any]]] = {b: [] for b in batches}
+
+    def measure_ceilings() -> None:
+        for b in batches:
+            ceilings[b].append(ceiling(b, threads=1, config=config))
+
+    try:
+        import onnx  # noqa: F401  (builds the single-product graphs)
+    except ImportError:
+        notes.append("ceiling left out: it needs the onnx package (the astromae extra)")
+        measure = None
+    else:
+        measure = measure_ceilings
+    measured = throughput(
+        engines,
+        images[:samples],
+        mags[:samples],
+        batches=batches,
+        rounds=rounds,
+        each_round=measure,
+    )
+    bounds = {b: _median_ceiling(runs) for b, runs in ceilings.items() if runs}
     rows = []
     for (name, t, batch), r in measured.items():
         median = statistics.median(r.samples_per_s)
-        gflops = median * ASTROMAE_GFLOP
+        gflops = median * gflop
         rows.append(
             {
                 "engine": name,
@@ -254,6 +295,9 @@ def run_bench(
                 "gflop_per_s": gflops,
                 "fraction_of_fp32_peak": gflops / (ghz * flop_per_cycle * t),
                 "vs_cosmicai_36_per_vcpu": median / t / 36.0,
+                "of_ceiling_per_thread": median / t / bounds[batch][_ceiling_key(name)]
+                if batch in bounds
+                else None,
             }
         )
     work.mkdir(parents=True, exist_ok=True)
@@ -281,7 +325,7 @@ def run_bench(
             "fp32": fp32,
             "int8": int8,
             "torch_weights": str(checkpoint or "random"),
-            "gflop_per_galaxy": ASTROMAE_GFLOP,
+            "gflop_per_galaxy": gflop,
         },
         "settings": {
             "batches": batches,
@@ -294,9 +338,24 @@ def run_bench(
         },
         "throughput": sorted(rows, key=lambda r: (r["threads"], r["batch"], r["engine"])),
         "best": best_per_engine(rows),
+        "ceiling": {str(b): c for b, c in bounds.items()},
         "fresh_process": processes,
         "notes": notes + ([torch_error] if torch_error else []),
     }
+
+
+def _ceiling_key(engine: str) -> str:
+    return "int8_samples_per_s" if "INT8" in engine else "fp32_samples_per_s"
+
+
+def _median_ceiling(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median over rounds of each ceiling figure, with every round's kept."""
+    keys = ("int8_samples_per_s", "fp32_samples_per_s", "int8_gmac_per_s", "fp32_gmac_per_s")
+    out: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k in keys}
+    out["runs"] = [{k: r[k] for k in keys} for r in runs]
+    out["quantized_share_of_macs"] = runs[0]["quantized_share_of_macs"]
+    out["products_last_round"] = runs[-1]["products"]
+    return out
 
 
 def best_per_engine(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -330,6 +389,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         *_table(report["best"]),
         "",
+        *_ceiling_lines(report),
         "Every configuration:",
         "",
         *_table(report["throughput"]),
@@ -348,18 +408,51 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _ceiling_lines(report: dict[str, Any]) -> list[str]:
+    bounds = report.get("ceiling") or {}
+    if not bounds:
+        return []
+    share = next(iter(bounds.values()))["quantized_share_of_macs"]
+    lines = [
+        "Ceiling: the network's quantized layers alone "
+        f"({share:.1%} of its multiply-accumulates), each timed by itself as one ONNX Runtime "
+        "node at the shape the batch gives it (INT8: `DynamicQuantizeMatMul`, signed 8-bit "
+        "weights; fp32: `MatMul`), on 1 thread, in every round; everything else the network "
+        "does is taken as free. Median over rounds (range in brackets). `of ceiling` in the "
+        "tables is an engine's samples/s per thread against the ceiling of its precision at "
+        "its batch.",
+        "",
+        "| batch | INT8 ceiling (samples/s) | INT8 GEMM (GMAC/s) | fp32 ceiling (samples/s) "
+        "| fp32 GEMM (GMAC/s) |",
+        "|---|---|---|---|---|",
+    ]
+    for batch, c in bounds.items():
+
+        def span(key: str, c: dict[str, Any] = c) -> str:
+            values = [r[key] for r in c["runs"]]
+            return f"{c[key]:.0f} ({min(values):.0f}–{max(values):.0f})"
+
+        lines.append(
+            f"| {batch} | {span('int8_samples_per_s')} | {span('int8_gmac_per_s')} | "
+            f"{span('fp32_samples_per_s')} | {span('fp32_gmac_per_s')} |"
+        )
+    return [*lines, ""]
+
+
 def _table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| engine | threads | batch | samples/s (median) | per thread | × torch eager "
-        "(same batch) | GFLOP/s | of fp32 peak | × CosmicAI (36/s/vCPU) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "(same batch) | GFLOP/s | of fp32 peak | of ceiling | × CosmicAI (36/s/vCPU) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         speed = r["speedup_vs_torch_eager_median_of_pairs"]
+        bound = r.get("of_ceiling_per_thread")
         lines.append(
             f"| {r['engine']} | {r['threads']} | {r['batch']} | {r['samples_per_s_median']:.0f} | "
             f"{r['samples_per_s_per_thread']:.0f} | "
             f"{'' if speed is None else f'{speed:.2f}'} | {r['gflop_per_s']:.0f} | "
-            f"{r['fraction_of_fp32_peak']:.0%} | {r['vs_cosmicai_36_per_vcpu']:.1f} |"
+            f"{r['fraction_of_fp32_peak']:.0%} | {'' if bound is None else f'{bound:.0%}'} | "
+            f"{r['vs_cosmicai_36_per_vcpu']:.1f} |"
         )
     return lines
