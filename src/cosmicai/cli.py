@@ -473,6 +473,31 @@ RateOption = Annotated[
 ]
 ColdOption = Annotated[float | None, typer.Option(min=0, help="Override the cold start (s).")]
 S3RateOption = Annotated[float, typer.Option(min=0.001, help="S3 read rate per worker, MB/s.")]
+ArchitectureOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Lambda architecture priced: x86_64 or arm64 (default: the one the calibration "
+        "was measured on, else x86_64)."
+    ),
+]
+
+
+def _architecture(given: str | None, calibration: object) -> str:
+    from cosmicai.projection import Calibration
+
+    assert isinstance(calibration, Calibration)
+    if given is None:
+        return calibration.architecture or "x86_64"
+    if given not in ("x86_64", "arm64"):
+        raise typer.BadParameter(f"--architecture must be x86_64 or arm64, not {given!r}")
+    if calibration.architecture not in (None, given):
+        err_console.print(
+            f"[yellow]note:[/] the calibration was measured on {calibration.architecture}; "
+            f"{given} is priced with that speed per vCPU, which is not measured. Calibrate "
+            f"with `cosmicai bench sweep` on an {given} machine for its own speed.",
+            soft_wrap=True,
+        )
+    return given
 
 
 def _calibration(
@@ -536,6 +561,7 @@ def project(
     map_start_s: Annotated[
         float, typer.Option(min=0, help="Seconds before the Map starts children (assumed).")
     ] = 1.0,
+    architecture: ArchitectureOption = None,
     out: Annotated[Path | None, typer.Option(help="Write the projection as JSON here.")] = None,
 ) -> None:
     """Project a run to AWS at full scale (Map wall-clock, cost, peak memory) from a measured
@@ -547,6 +573,7 @@ def project(
     assert isinstance(calibration, Calibration)
     if child_type not in ("EXPRESS", "STANDARD"):
         raise typer.BadParameter(f"--child-type must be EXPRESS or STANDARD, not {child_type!r}")
+    arch = _architecture(architecture, calibration)
     datasets = {dataset: _size(dataset)} if dataset else DATASETS
     results = []
     for name, size in datasets.items():
@@ -560,6 +587,7 @@ def project(
                 map_child_type=child_type,  # type: ignore[arg-type]
                 child_start_rate=child_start_rate,
                 map_start_s=map_start_s,
+                architecture=arch,  # type: ignore[arg-type]
             ),
             calibration,
         )
@@ -602,6 +630,7 @@ def _print_projection(name: str, p: object) -> None:
     console.print(
         f"[bold]{name}[/]: {p.partitions:,} partitions of {s.partition_mb:g} MB, "
         f"{p.world_size:,} ranks, {s.memory_mb:,} MB ({p.vcpu:.2f} vCPU, {p.threads} thread(s)), "
+        f"{s.architecture}{' (speed not measured on it)' if p.speed_borrowed else ''}, "
         f"concurrency {s.concurrency:,}, {s.map_child_type} children\n"
         f"  Map wall-clock {p.map_wall_s:.2f} s (rank p50 {p.rank_s_p50:.2f} s, max "
         f"{p.rank_s_max:.2f} s), {p.gbit_per_s:.2f} Gbit/s; peak RSS {p.peak_rss_mb:.0f} MB"
@@ -625,6 +654,7 @@ def plan_aws(
     dataset: Annotated[str, typer.Option(help="Dataset size.")] = "12.6GB",
     concurrency: Annotated[int, typer.Option(min=1, help="Account concurrency limit.")] = 1000,
     show: Annotated[int, typer.Option(min=0, help="Runner-up options shown.")] = 4,
+    architecture: ArchitectureOption = None,
 ) -> None:
     """Pick partition size x memory x world size x child type for a deadline and a budget
     (cheapest that meets both), with its predicted time and cost and the runners-up."""
@@ -632,8 +662,14 @@ def plan_aws(
 
     calibration = _calibration(sweep, preset, samples_per_s_per_vcpu, cold_start_s, s3_mb_per_s)
     assert isinstance(calibration, Calibration)
+    arch = _architecture(architecture, calibration)
     choice = plan_grid(
-        _size(dataset), calibration, deadline_s=deadline, budget=budget, concurrency=concurrency
+        _size(dataset),
+        calibration,
+        deadline_s=deadline,
+        budget=budget,
+        concurrency=concurrency,
+        architecture=arch,  # type: ignore[arg-type]
     )
     console.print(
         f"{len(choice.feasible)} of {choice.considered} configurations meet "

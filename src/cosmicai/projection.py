@@ -23,6 +23,19 @@ from cosmicai.storage import DEFAULT_RANGED_GET_THRESHOLD, RANGE_PART_BYTES
 
 MIB = 2**20
 
+Architecture = Literal["x86_64", "arm64"]
+
+
+def lambda_architecture(machine: str) -> Architecture | None:
+    """The Lambda architecture of a CPU named as ``platform.machine()`` (or a platform string
+    containing it) names it: x86_64 or arm64 (aarch64)."""
+    if "x86_64" in machine or "amd64" in machine.lower():
+        return "x86_64"
+    if "aarch64" in machine or "arm64" in machine:
+        return "arm64"
+    return None
+
+
 #: Speed each vCPU beyond the first adds (ASSUMPTIONS["thread_efficiency"]).
 THREAD_EFFICIENCY = 0.7
 
@@ -53,6 +66,10 @@ ASSUMPTIONS: dict[str, str] = {
     "per-worker duration at 100 MB partitions, about 3 s of start-up and stragglers).",
     "invoke_overhead": "0.05 s per child between the child's start and the handler's "
     "(Step Functions task dispatch and Lambda invoke; assumption).",
+    "architecture": "A projection for an architecture other than the one the profile was "
+    "measured on takes the measured speed per vCPU as is (arm64's is not measured here): "
+    "only its price changes. The output says so; calibrate with a sweep on an arm64 machine "
+    "(Graviton) to plan arm64 from its own speed.",
     "concurrency": "Lambda scales a function by 1,000 concurrent executions every 10 s and "
     "accounts start with 1,000 concurrent executions (AWS Lambda scaling docs): above "
     "1,000 the simulator adds 1,000 slots per 10 s.",
@@ -76,6 +93,8 @@ class Calibration(BaseModel):
     write_s_per_sample: float = Field(default=2e-6, ge=0)
     s3_mb_per_s: float = Field(default=90.0, gt=0)
     source: str = ""
+    #: The Lambda architecture the profile's CPU stands for (None: not known).
+    architecture: Architecture | None = None
 
 
 class Scenario(BaseModel):
@@ -85,7 +104,7 @@ class Scenario(BaseModel):
     world_size: int | None = None  # None: one rank per partition
     concurrency: int = 1000
     map_child_type: MapChildType = "EXPRESS"
-    architecture: Literal["x86_64", "arm64"] = "x86_64"
+    architecture: Architecture = "x86_64"
     map_start_s: float = 1.0
     child_start_rate: float = 500.0
     invoke_overhead_s: float = 0.05
@@ -105,6 +124,8 @@ class Projection(BaseModel):
     fits: bool
     cost: CostEstimate
     gbit_per_s: float
+    #: The profile was measured on another architecture: its speed per vCPU is taken as is.
+    speed_borrowed: bool = False
 
 
 def vcpu_share(memory_mb: int) -> float:
@@ -210,6 +231,7 @@ def project(scenario: Scenario, calibration: Calibration) -> Projection:
         fits=peak <= 0.9 * scenario.memory_mb,
         cost=cost,
         gbit_per_s=scenario.dataset_bytes * 8 / 1e9 / map_wall,
+        speed_borrowed=calibration.architecture not in (None, scenario.architecture),
     )
 
 
@@ -239,6 +261,7 @@ def plan_grid(
     deadline_s: float,
     budget: float,
     concurrency: int = 1000,
+    architecture: Architecture = "x86_64",
 ) -> PlanChoice:
     """Every partition size x memory x world size x child type that meets the deadline and
     budget, cheapest first (then fastest); also the fastest and cheapest that fit in memory."""
@@ -257,6 +280,7 @@ def plan_grid(
                             world_size=world,
                             concurrency=concurrency,
                             map_child_type=child,
+                            architecture=architecture,
                         ),
                         calibration,
                     )
@@ -285,6 +309,9 @@ def calibration_from_sweep(path: str) -> Calibration:
         rss_per_partition_mb=max(0.0, p["rss_per_partition_mb"]),
         write_s_per_sample=p["write_s_per_sample"],
         source=f"sweep {path} (model {data['config']['model']}, {data['machine']['cpu_model']})",
+        architecture=lambda_architecture(
+            data["machine"].get("architecture") or data["machine"].get("platform", "")
+        ),
     )
 
 

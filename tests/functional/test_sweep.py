@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import re
 import struct
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cosmicai.cli import app
+from cosmicai.projection import lambda_architecture
 from harness.system import ensure_program
 
 
@@ -100,6 +102,18 @@ def test_projection_and_planner_from_the_sweep(sweep_dir: Path) -> None:
     )
     assert impossible.exit_code == 1
     assert "no configuration meets" in impossible.output
+    # and pricing the other Lambda architecture says its speed was not measured there
+    measured = projections[0]["scenario"]["architecture"]
+    other = "arm64" if measured == "x86_64" else "x86_64"
+    assert measured == lambda_architecture(platform.machine())
+    borrowed = CliRunner().invoke(
+        app,
+        ["plan-aws", "--sweep", sweep, "--deadline", "120", "--budget", "5",
+         "--architecture", other],
+    )  # fmt: skip
+    assert borrowed.exit_code == 0, borrowed.output
+    assert f"measured on {measured}" in borrowed.output
+    assert f"{other} (speed not measured on it)" in borrowed.output
 
 
 def test_report_refuses_what_it_cannot_read(tmp_path: Path) -> None:

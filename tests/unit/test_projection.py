@@ -8,6 +8,7 @@ from cosmicai.data.format import BYTES_PER_SAMPLE
 from cosmicai.projection import (
     Calibration,
     Scenario,
+    lambda_architecture,
     plan_grid,
     project,
     vcpu_share,
@@ -100,3 +101,20 @@ def test_a_rank_with_several_partitions_reads_the_next_while_it_infers() -> None
     slower = project(scenario, cal.model_copy(update={"s3_mb_per_s": 5 * 500 / samples}))
     assert slow.map_wall_s == pytest.approx(1.0 + read + 4 * read, rel=1e-3)
     assert slower.map_wall_s == pytest.approx(1.0 + 2 * read + 3 * read + 4 * read, rel=1e-3)
+
+
+def test_arm64_is_priced_as_arm64_and_flagged_when_its_speed_is_borrowed() -> None:
+    scenario = Scenario(dataset_bytes=40 * 10 * MIB, partition_mb=10, memory_mb=1769)
+    x86 = CAL.model_copy(update={"architecture": "x86_64"})
+    on_x86 = project(scenario, x86)
+    on_arm = project(scenario.model_copy(update={"architecture": "arm64"}), x86)
+    # the same durations, at arm64's lower GB-second price, and marked as borrowed speed
+    assert on_arm.map_wall_s == on_x86.map_wall_s
+    assert on_arm.cost.lambda_compute < on_x86.cost.lambda_compute
+    assert on_arm.speed_borrowed and not on_x86.speed_borrowed
+    # a profile measured on arm64 prices arm64 from its own speed
+    arm = CAL.model_copy(update={"architecture": "arm64"})
+    assert not project(scenario.model_copy(update={"architecture": "arm64"}), arm).speed_borrowed
+    assert lambda_architecture("aarch64") == "arm64"
+    assert lambda_architecture("Linux-6.1-x86_64-with-glibc2.36") == "x86_64"
+    assert lambda_architecture("riscv64") is None

@@ -49,6 +49,7 @@ def machine(
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
+        "architecture": platform.machine(),
         "kernel": platform.release(),
         "open_file_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
