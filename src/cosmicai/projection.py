@@ -44,9 +44,9 @@ ASSUMPTIONS: dict[str, str] = {
     "vcpu_share": "Lambda gives CPU in proportion to memory: 1,769 MB = 1 vCPU, up to 6 vCPU "
     "at 10,240 MB (AWS Lambda docs, 'Memory and computing power').",
     "thread_efficiency": "Each ONNX Runtime thread beyond the first adds 0.7 of a vCPU's "
-    "speed: AstroMAE INT8 on 2 threads ran 1.70x its 1-thread rate (427 -> 726 samples/s, "
-    "batch 512, `cosmicai bench model` on a 2-core AVX2 AMD EPYC); a fractional vCPU runs at "
-    "its share.",
+    "speed: AstroMAE INT8 on 2 threads ran 1.69x its 1-thread rate (369 -> 622 samples/s, "
+    "batch 64; 1.78x at batch 512; `cosmicai bench model` on a 2-core AVX2 AMD EPYC); a "
+    "fractional vCPU runs at its share.",
     "cpu_s_per_sample": "From the sweep's profile (inference seconds / samples on one "
     "thread of this machine), or --samples-per-s-per-vcpu; a Lambda vCPU is taken as this "
     "machine's core.",

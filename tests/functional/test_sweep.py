@@ -179,3 +179,23 @@ def test_sweep_refuses_partitions_larger_than_the_dataset(tmp_path: Path) -> Non
     assert result.exit_code == 2
     text = " ".join(result.output.replace("│", " ").split())  # typer boxes and wraps errors
     assert "between 1 and the dataset size (10 MB)" in text
+
+
+def test_a_workdir_reused_for_another_size_holds_the_size_asked_for(tmp_path: Path) -> None:
+    from cosmicai.bench.sweep import SweepConfig, _prepare
+
+    store = tmp_path / "store"
+
+    def galaxies(config: SweepConfig) -> int:
+        _prepare(store, config, say=lambda _: None)
+        index = json.loads((store / "sweep" / "source" / "_index.json").read_text())
+        return sum(p["samples"] for p in index["partitions"])
+
+    small = SweepConfig(partition_mb=[1], dataset_mb=1)
+    large = SweepConfig(partition_mb=[1], dataset_mb=2)
+    # GIVEN a workdir that held a 1 MB dataset, then a 2 MB one
+    first = galaxies(small)
+    assert galaxies(large) > first
+    # WHEN the 1 MB sweep runs there again
+    # THEN it gets 1 MB of galaxies, not the 2 MB left behind
+    assert galaxies(small) == first

@@ -12,6 +12,7 @@ bill it at the configured memory.
 
 from __future__ import annotations
 
+import json
 import secrets
 import shutil
 import statistics
@@ -175,8 +176,11 @@ def _prepare(store: Path, config: SweepConfig, say: Callable[[str], None]) -> di
     source = parse_location(str(store / "sweep" / "source"))
     samples = config.dataset_mb * MIB // BYTES_PER_SAMPLE
     marker = store / "sweep" / "source" / "_index.json"
-    tag = store / f".dataset-{config.dataset_mb}MB-seed{config.seed}"
-    if not (marker.exists() and tag.exists()):
+    # What the store holds is written inside the folder it describes, so that regenerating
+    # the data for another size cannot leave a stale description of it behind.
+    tag = store / "sweep" / "_dataset.json"
+    wanted = json.dumps({"dataset_mb": config.dataset_mb, "seed": config.seed})
+    if not (marker.exists() and tag.exists() and tag.read_text() == wanted):
         shutil.rmtree(store / "sweep", ignore_errors=True)
         say(f"rendering {samples:,} SDSS test galaxies ({config.dataset_mb} MB) ...")
         written = synthesize(
@@ -186,7 +190,7 @@ def _prepare(store: Path, config: SweepConfig, say: Callable[[str], None]) -> di
             partition_bytes=max(config.partition_mb) * MIB,
         )
         write_dataset_index(source, written)
-        tag.touch()
+        tag.write_text(wanted)
     counts: dict[int, int] = {}
     for size in config.partition_mb:
         out = parse_location(str(store / "sweep" / f"{size}MB"))
