@@ -532,6 +532,7 @@ def _calibration(
     update = {"s3_mb_per_s": s3}
     if rate is not None:
         update["cpu_s_per_sample"] = 1 / rate
+        update["architecture"] = None  # the caller's figure, from a machine we do not know
         update["source"] = calibration.source + f"; speed {rate:g} samples/s per vCPU given"
     if cold is not None:
         update["cold_start_s"] = cold

@@ -324,6 +324,7 @@ ASTROMAE_INT8 = Calibration(
     cold_start_s=1.0,
     rss_base_mb=335.0,
     rss_per_partition_mb=1.3,
+    architecture="x86_64",
     source="AstroMAE INT8 figures measured on this machine kind before the model landed: "
     "450 samples/s per vCPU, 1.0 s cold start (import 0.2 s load + ~0.8 s process and "
     "package imports), 335 MB worker footprint",
