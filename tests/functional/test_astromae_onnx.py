@@ -300,8 +300,8 @@ def test_bench_model_compares_engines_on_the_same_batches(
     assert "Each engine at its fastest batch" in out.with_suffix(".md").read_text()
     # AND the ceiling was measured every round for the checkpoint's widths; no engine running
     # the whole network is far above what its quantized layers alone allow
-    for batch in ("16", "64"):
-        bound = report["ceiling"][batch]
+    for key in ("16", "64"):
+        bound = report["ceiling"][key]
         assert len(bound["runs"]) == 2
         assert bound["int8_samples_per_s"] > 0 and bound["fp32_samples_per_s"] > 0
         names = {p["name"] for p in bound["products_last_round"]}
