@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from cosmicai.data.format import BYTES_PER_SAMPLE
@@ -29,18 +31,22 @@ def test_vcpu_share_follows_memory() -> None:
     assert threads == 2 and speed == pytest.approx(500 * 1.7)  # the second vCPU adds 0.7
 
 
+def _four_partitions(**fields: Any) -> Scenario:
+    """4 partitions of 10 MB on 1 vCPU workers, with no Map start, ramp or invoke overhead."""
+    samples = 10 * MIB // BYTES_PER_SAMPLE
+    bare = {"map_start_s": 0, "child_start_rate": 1e9, "invoke_overhead_s": 0}
+    return Scenario(
+        dataset_bytes=4 * samples * BYTES_PER_SAMPLE,
+        partition_mb=10,
+        memory_mb=1769,
+        **{**bare, **fields},
+    )
+
+
 def test_one_wave_by_hand() -> None:
     # GIVEN 4 partitions of 10 MB, 4 ranks, 1 vCPU, no start ramp or overhead
     samples_per_partition = 10 * MIB // BYTES_PER_SAMPLE
-    scenario = Scenario(
-        dataset_bytes=4 * samples_per_partition * BYTES_PER_SAMPLE,
-        partition_mb=10,
-        memory_mb=1769,
-        map_start_s=0,
-        child_start_rate=1e9,
-        invoke_overhead_s=0,
-        map_child_type="STANDARD",
-    )
+    scenario = _four_partitions(map_child_type="STANDARD")
     cal = CAL.model_copy(update={"write_s_per_sample": 0.0, "s3_mb_per_s": 100.0})
     # WHEN projected
     p = project(scenario, cal)
@@ -81,15 +87,7 @@ def test_planner_meets_deadline_and_budget_cheapest_first() -> None:
 def test_a_rank_with_several_partitions_reads_the_next_while_it_infers() -> None:
     # GIVEN 4 partitions of 10 MB on one rank; reads of 0.1 s, shorter than an inference
     samples = 10 * MIB // BYTES_PER_SAMPLE
-    scenario = Scenario(
-        dataset_bytes=4 * samples * BYTES_PER_SAMPLE,
-        partition_mb=10,
-        memory_mb=1769,
-        world_size=1,
-        map_start_s=0,
-        child_start_rate=1e9,
-        invoke_overhead_s=0,
-    )
+    scenario = _four_partitions(world_size=1)
     cal = CAL.model_copy(update={"write_s_per_sample": 0.0, "s3_mb_per_s": 100.0})
     # WHEN projected
     p = project(scenario, cal)
