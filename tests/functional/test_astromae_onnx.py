@@ -307,6 +307,9 @@ def test_bench_model_compares_engines_on_the_same_batches(
         names = {p["name"] for p in bound["products_last_round"]}
         assert {"vit.qkv", "vit.fc1", "head.1"} <= names
     assert all(0 < r["of_ceiling_per_thread"] < 3 for r in report["throughput"])
+    # AND the run is checked against the targets, in the JSON and on the page
+    assert len(report["targets"]) == 4
+    assert "Against the targets (this run)" in out.with_suffix(".md").read_text()
 
 
 @pytest.mark.slow
