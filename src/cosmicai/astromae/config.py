@@ -1,9 +1,10 @@
 """AstroMAE's widths, and the matrix products they make, without torch.
 
 :class:`AstroMAEConfig` is every width of the network (:mod:`.network` builds it in torch);
-:func:`products` lists the products one galaxy costs, layer by layer, as GEMM shapes. The
-benchmark reads them to time each product alone on this machine: a ceiling on the whole
-network's speed that needs neither torch nor the model file.
+:func:`products` lists the products one galaxy costs, layer by layer, as GEMM shapes (a test
+holds it to the torch network's own count). The benchmark times the linear ones alone on this
+machine (:mod:`cosmicai.bench.ceiling`): a ceiling on the whole network's speed that needs
+neither torch nor the model file.
 """
 
 from __future__ import annotations

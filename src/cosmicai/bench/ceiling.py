@@ -1,15 +1,15 @@
-"""The speed AstroMAE could reach on this machine if it were nothing but its matrix products.
+"""The speed AstroMAE could reach on this machine if it were nothing but its quantized layers.
 
-Each product the network makes (:func:`cosmicai.astromae.config.products`) is timed alone, as
-one ONNX Runtime node at the shape a batch gives it: quantized layers as the INT8 model runs
-them (``DynamicQuantizeMatMul`` with signed 8-bit weights, activations quantized on the fly),
-convolutions as their im2col GEMM and the attention products as batched MatMuls in fp32. The
-sum of those times for one batch is a ceiling: the model also normalises, applies GELU and
-softmax, pools, gathers convolution windows and moves tensors between nodes, all of which it is
-given for free here. A measured throughput against this ceiling says how much of the gap to a
-target is the engine's and how much is the CPU's.
+Each of the network's linear layers (:func:`cosmicai.astromae.config.products`: the ViT's
+QKV, projection and MLP, the branch heads, the magnitude MLP and the head; 91.8% of its
+multiply-accumulates) is timed alone, as one ONNX Runtime node at the shape a batch gives it:
+``DynamicQuantizeMatMul`` with signed 8-bit weights, activations quantized on the fly, as the
+INT8 model runs them, or fp32 ``MatMul``. The sum of those times for one batch is a ceiling: the
+network also convolves, computes attention scores, normalises, applies GELU and softmax and
+pools, all of which is free here. A measured throughput against this ceiling says how much of
+the gap to a target is the engine's and how much is the CPU's.
 
-Each product is timed at its best of a few repetitions (a ceiling, not a typical speed); the
+Each layer is timed at its best of a few repetitions (a ceiling, not a typical speed); the
 machine drifts, so the ceiling is measured in the same run as the throughput it is compared with.
 """
 
@@ -37,40 +37,32 @@ def _session(graph: Any, threads: int) -> Any:
     )
 
 
-def _runner(kind: str, m: int, k: int, n: int, batched: int, threads: int) -> Runner:
-    """One node computing ``batched`` products of ``m × k`` by ``k × n``, ready to run."""
+def _runner(int8: bool, m: int, k: int, n: int, threads: int) -> Runner:
+    """One node computing an ``m × k`` by ``k × n`` product with constant weights, ready to run:
+    ``DynamicQuantizeMatMul`` (s8 weights, activations quantized per call) or fp32 ``MatMul``."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    a_shape = [batched, m, k] if batched > 1 else [m, k]
-    y_shape = [batched, m, n] if batched > 1 else [m, n]
-    inputs = [helper.make_tensor_value_info("A", TensorProto.FLOAT, a_shape)]
-    feeds = {"A": rng.standard_normal(a_shape).astype(np.float32)}
-    initializers = []
-    if kind == "int8":
-        weights = rng.integers(-127, 128, (k, n)).astype(np.int8)
+    feeds = {"A": rng.standard_normal((m, k)).astype(np.float32)}
+    if int8:
         initializers = [
-            numpy_helper.from_array(weights, "W"),
+            numpy_helper.from_array(rng.integers(-127, 128, (k, n)).astype(np.int8), "W"),
             numpy_helper.from_array(np.array(0.01, np.float32), "scale"),
             numpy_helper.from_array(np.array(0, np.int8), "zero"),
         ]
         node = helper.make_node(
             "DynamicQuantizeMatMul", ["A", "W", "scale", "zero"], ["Y"], domain="com.microsoft"
         )
-    elif batched > 1:  # both operands vary, as attention's scores and values do
-        b_shape = [batched, k, n]
-        inputs.append(helper.make_tensor_value_info("B", TensorProto.FLOAT, b_shape))
-        feeds["B"] = rng.standard_normal(b_shape).astype(np.float32)
-        node = helper.make_node("MatMul", ["A", "B"], ["Y"])
     else:
-        weights32 = rng.standard_normal((k, n)).astype(np.float32)
-        initializers = [numpy_helper.from_array(weights32, "W")]
+        initializers = [
+            numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "W")
+        ]
         node = helper.make_node("MatMul", ["A", "W"], ["Y"])
     graph = helper.make_graph(
         [node],
         "product",
-        inputs,
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, y_shape)],
+        [helper.make_tensor_value_info("A", TensorProto.FLOAT, [m, k])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [m, n])],
         initializers,
     )
     model = helper.make_model(
@@ -100,16 +92,11 @@ def best_seconds(run: Runner, *, repeats: int = 3, min_s: float = 0.05) -> float
 def _product_seconds(
     p: Product, batch: int, *, int8: bool, threads: int, cache: dict[tuple[Any, ...], float]
 ) -> float:
-    """Seconds ``batch`` galaxies spend in product ``p`` (all ``p.count`` of it)."""
-    if p.kind == "attention":
-        key: tuple[Any, ...] = ("fp32", p.rows, p.k, p.n, batch * p.count)
-        if key not in cache:
-            cache[key] = best_seconds(_runner("fp32", p.rows, p.k, p.n, batch * p.count, threads))
-        return cache[key]
-    kind = "int8" if int8 and p.kind == "linear" else "fp32"
-    key = (kind, p.rows * batch, p.k, p.n, 1)
+    """Seconds ``batch`` galaxies spend in layer ``p`` (all ``p.count`` of it); layers of the
+    same shape are timed once."""
+    key = (int8, p.rows * batch, p.k, p.n)
     if key not in cache:
-        cache[key] = best_seconds(_runner(kind, p.rows * batch, p.k, p.n, 1, threads))
+        cache[key] = best_seconds(_runner(int8, p.rows * batch, p.k, p.n, threads))
     return p.count * cache[key]
 
 
