@@ -107,8 +107,9 @@ def ceiling(
     ``int8`` as the INT8 model computes them, ``fp32`` as the fp32 model does. Everything
     else the network does (91.8% of its MACs are in these layers at the default widths) is
     taken as free, so no engine running the whole network on this CPU can beat them."""
-    listed = [p for p in products(config) if p.kind == "linear"]
-    macs = sum(p.macs for p in products(config))
+    every = products(config)
+    listed = [p for p in every if p.kind == "linear"]
+    macs = sum(p.macs for p in every)
     cache: dict[tuple[Any, ...], float] = {}
     rows = []
     totals = {"int8": 0.0, "fp32": 0.0}
